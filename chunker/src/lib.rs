@@ -1,0 +1,1 @@
+//! Content-defined chunking of workspace images (FastCDC), BLAKE3 manifests and the chunk store.

@@ -1,0 +1,2 @@
+//! The `vwnet` binary: parses arguments and hands them to the library crates.
+fn main() {}

@@ -1,0 +1,16 @@
+//! Size limits that every encoder respects and every decoder enforces before allocating.
+//!
+//! They live in one place because the chunker, the wire codecs and the node must agree on them:
+//! a chunker configured above [`MAX_CHUNK_LEN`] would produce chunks that no peer accepts.
+
+/// Largest chunk body, in bytes, that any store or peer accepts.
+pub const MAX_CHUNK_LEN: usize = 1024 * 1024;
+
+/// Largest canonical encoding of a workspace description, in bytes.
+pub const MAX_DESCRIPTION_LEN: usize = 64 * 1024;
+
+/// Largest signed record of any kind (description, lock, certificate, delegation), in bytes.
+///
+/// Gossipsub's default message cap is 64 KiB; a signed description must fit in one message
+/// together with the envelope overhead, so descriptions are capped a little below this.
+pub const MAX_SIGNED_RECORD_LEN: usize = MAX_DESCRIPTION_LEN + 4 * 1024;

@@ -1,0 +1,1 @@
+//! A flow-level simulator of vwnet transfer, deployment and migration costs.

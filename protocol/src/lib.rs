@@ -14,5 +14,9 @@
 //! # Modules
 //! - [`ids`]: identifier newtypes (`ChunkHash`, `ImageId`, `WorkspaceId`, `PeerIdentity`).
 //! - [`limits`]: size caps shared by encoders and decoders.
+//! - [`codec`]: the canonical, versioned binary encoding and its strict decoder.
+//! - [`time`]: timestamps and spans as records carry them.
+pub mod codec;
 pub mod ids;
 pub mod limits;
+pub mod time;

@@ -14,3 +14,7 @@ pub const MAX_DESCRIPTION_LEN: usize = 64 * 1024;
 /// Gossipsub's default message cap is 64 KiB; a signed description must fit in one message
 /// together with the envelope overhead, so descriptions are capped a little below this.
 pub const MAX_SIGNED_RECORD_LEN: usize = MAX_DESCRIPTION_LEN + 4 * 1024;
+
+/// Largest canonical manifest, in bytes: about 900,000 chunks, i.e. a 55 GiB image at the
+/// default 64 KiB average chunk size. Manifests travel by request-response, never by gossip.
+pub const MAX_MANIFEST_LEN: usize = 32 * 1024 * 1024;

@@ -33,8 +33,10 @@ pub enum DecodeError {
         supported: u8,
     },
     /// The body is not a valid postcard encoding of the record.
+    // Not `#[source]`: the message already includes it, and error reporters that walk the
+    // source chain would print it twice.
     #[error("malformed record: {0}")]
-    Malformed(#[from] postcard::Error),
+    Malformed(postcard::Error),
     /// Bytes remain after the record.
     #[error("{0} trailing bytes after the record")]
     TrailingBytes(usize),
@@ -72,7 +74,7 @@ pub fn decode<T: Serialize + DeserializeOwned>(
             supported: version,
         });
     }
-    let (value, rest) = postcard::take_from_bytes::<T>(body)?;
+    let (value, rest) = postcard::take_from_bytes::<T>(body).map_err(DecodeError::Malformed)?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes(rest.len()));
     }

@@ -149,6 +149,13 @@ byte_id!(
     "identity"
 );
 
+byte_id!(
+    /// BLAKE3 hash of a description's canonical bytes: names one version of a workspace.
+    DescriptionHash,
+    32,
+    "description hash"
+);
+
 impl ChunkHash {
     /// Hashes `data` with BLAKE3.
     pub fn of(data: &[u8]) -> Self {

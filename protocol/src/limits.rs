@@ -11,8 +11,9 @@ pub const MAX_DESCRIPTION_LEN: usize = 64 * 1024;
 
 /// Largest signed record of any kind (description, lock, certificate, delegation), in bytes.
 ///
-/// Gossipsub's default message cap is 64 KiB; a signed description must fit in one message
-/// together with the envelope overhead, so descriptions are capped a little below this.
+/// A signed description must fit in one gossip message together with the envelope; gossipsub's
+/// default 64 KiB cap is below this, so the node raises its `max_transmit_size` to
+/// `wire::MAX_GOSSIP_LEN`.
 pub const MAX_SIGNED_RECORD_LEN: usize = MAX_DESCRIPTION_LEN + 4 * 1024;
 
 /// Largest canonical manifest, in bytes: about 900,000 chunks, i.e. a 55 GiB image at the

@@ -6,6 +6,14 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
 
+# Real QEMU/KVM through a local libvirtd, for the tests that need a real hypervisor. As root (CI,
+# a fresh machine) it is set up and required; elsewhere those tests skip and say why.
+if [[ $EUID -eq 0 && "${VWNET_QEMU_TESTS:-1}" != 0 ]]; then
+  ./scripts/setup-libvirtd.sh start
+  export VWNET_QEMU_TESTS=1
+  trap './scripts/setup-libvirtd.sh stop --force >/dev/null 2>&1 || true' EXIT
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -44,4 +44,15 @@ pub(crate) enum Command {
     /// Maintain the local chunk store (gc, stats).
     #[command(subcommand)]
     Store(cmd::store::StoreCommand),
+    /// Run the node daemon, or ask the running node for its status.
+    #[command(subcommand)]
+    Node(cmd::node::NodeCommand),
+    /// Ingest image(s), sign a description and announce it on the network (needs a running node).
+    Publish(cmd::ws::PublishArgs),
+    /// List workspaces known to the running node.
+    Ls(cmd::ws::LsArgs),
+    /// Show a workspace's description, signature status and providers.
+    Inspect(cmd::ws::InspectArgs),
+    /// Fetch a workspace's images from the network, verified chunk by chunk.
+    Pull(cmd::ws::PullArgs),
 }

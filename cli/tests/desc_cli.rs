@@ -171,7 +171,10 @@ fn a_description_signed_by_someone_else_does_not_verify() {
     let forger = Identity::from_secret_bytes(&[7; 32]);
     let forged = SignedDescription::sign(&forger, &desc).unwrap();
     std::fs::write(sb.path("forged.signed"), forged.to_bytes()).unwrap();
-    assert_one_line_error(&sb.run(&["desc", "verify", "forged.signed"]), "forged.signed");
+    assert_one_line_error(
+        &sb.run(&["desc", "verify", "forged.signed"]),
+        "forged.signed",
+    );
     assert!(!sb.run(&["desc", "show", "forged.signed"]).status.success());
 }
 

@@ -1,0 +1,216 @@
+//! `vwnet publish`, `ls`, `inspect`, `pull`: workspaces on the network, through the running node.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use vwnet_node::control::{Request, Response, WorkspaceSummary};
+use vwnet_protocol::description::{Description, ImageRef};
+use vwnet_protocol::signed::SignedDescription;
+
+use crate::cmd::image::{human_bytes, progress_bar};
+use crate::cmd::node::call;
+use crate::context::Context;
+
+/// Flags of `vwnet publish`.
+#[derive(Debug, Args)]
+pub(crate) struct PublishArgs {
+    /// The description (TOML); its image references are filled in from the ingested files.
+    #[arg(long, value_name = "DESC.toml")]
+    desc: PathBuf,
+    /// The disk image file.
+    #[arg(long, value_name = "DISK")]
+    image: PathBuf,
+    /// The saved memory state of a hot workspace.
+    #[arg(long, value_name = "STATE")]
+    memory_state: Option<PathBuf>,
+}
+
+/// Flags of `vwnet ls`.
+#[derive(Debug, Args)]
+pub(crate) struct LsArgs {
+    /// Include workspaces learned from peers that this node holds nothing of.
+    #[arg(long)]
+    remote: bool,
+}
+
+/// Flags of `vwnet inspect`.
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// Workspace id, unique id prefix, or name.
+    workspace: String,
+}
+
+/// Flags of `vwnet pull`.
+#[derive(Debug, Args)]
+pub(crate) struct PullArgs {
+    /// Workspace id, unique id prefix, or name, optionally with `@VERSION`.
+    workspace: String,
+}
+
+fn ingest(ctx: &Context, file: &Path) -> anyhow::Result<ImageRef> {
+    let path =
+        std::path::absolute(file).with_context(|| format!("{}: bad path", file.display()))?;
+    if !path.is_file() {
+        bail!("{}: not a file", path.display());
+    }
+    match call(ctx, Request::Ingest { path }, |_| {})? {
+        Response::Ingested { image, size } => Ok(ImageRef { id: image, size }),
+        other => bail!("unexpected answer from the node: {other:?}"),
+    }
+}
+
+/// `vwnet publish`.
+pub(crate) fn publish(args: PublishArgs, ctx: &Context) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.desc)
+        .with_context(|| format!("{}: cannot read", args.desc.display()))?;
+    let mut desc =
+        Description::from_toml_str(&text).with_context(|| args.desc.display().to_string())?;
+    let identity = ctx.load_identity()?;
+    if desc.owner != identity.public() {
+        bail!(
+            "{}: owner is {}, but this home's key is {} (only the owner can publish)",
+            args.desc.display(),
+            desc.owner.short(),
+            identity.public().short()
+        );
+    }
+    desc.image.disk = Some(ingest(ctx, &args.image)?);
+    desc.image.memory_state = match &args.memory_state {
+        Some(state) => Some(ingest(ctx, state)?),
+        None => None,
+    };
+    desc.validate()
+        .with_context(|| args.desc.display().to_string())?;
+    let signed = SignedDescription::sign(&identity, &desc).context("signing the description")?;
+    match call(
+        ctx,
+        Request::Publish {
+            signed: signed.to_bytes(),
+        },
+        |_| {},
+    )? {
+        Response::Published { workspace, version } => ctx.report(
+            &serde_json::json!({
+                "workspace": workspace.to_string(),
+                "version": version,
+                "disk": desc.image.disk.map(|i| i.id.to_string()),
+                "memory_state": desc.image.memory_state.map(|i| i.id.to_string()),
+            }),
+            |_| workspace.to_string(),
+        ),
+        other => bail!("unexpected answer from the node: {other:?}"),
+    }
+}
+
+fn summary_line(s: &WorkspaceSummary) -> String {
+    let held = if s.size == 0 {
+        100.0
+    } else {
+        s.local_bytes as f64 * 100.0 / s.size as f64
+    };
+    format!(
+        "{}  {:<20} v{:<4} {:>10}  {:>5.1}% local  owner {}{}",
+        s.workspace.short(),
+        s.name,
+        s.version,
+        human_bytes(s.size),
+        held,
+        &s.owner[..8.min(s.owner.len())],
+        if s.published_here {
+            "  (published here)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// `vwnet ls`.
+pub(crate) fn ls(args: LsArgs, ctx: &Context) -> anyhow::Result<()> {
+    match call(
+        ctx,
+        Request::List {
+            remote: args.remote,
+        },
+        |_| {},
+    )? {
+        Response::List(list) => ctx.report(&list, |l| {
+            l.iter().map(summary_line).collect::<Vec<_>>().join("\n")
+        }),
+        other => bail!("unexpected answer from the node: {other:?}"),
+    }
+}
+
+/// `vwnet inspect`.
+pub(crate) fn inspect(args: InspectArgs, ctx: &Context) -> anyhow::Result<()> {
+    match call(
+        ctx,
+        Request::Inspect {
+            workspace: args.workspace,
+        },
+        |_| {},
+    )? {
+        Response::Inspect(detail) => ctx.report(&detail, |d| {
+            let mut out = format!(
+                "{}\nsignature: {} by {}\n",
+                summary_line(&d.summary),
+                d.signature,
+                d.signer
+            );
+            for image in &d.images {
+                out.push_str(&format!(
+                    "image {} ({}): {} provider(s)\n",
+                    image.image,
+                    human_bytes(image.size),
+                    image.providers.len()
+                ));
+                for p in &image.providers {
+                    out.push_str(&format!("  {p}\n"));
+                }
+            }
+            out.push('\n');
+            out.push_str(&d.description_toml);
+            out
+        }),
+        other => bail!("unexpected answer from the node: {other:?}"),
+    }
+}
+
+/// `vwnet pull`.
+pub(crate) fn pull(args: PullArgs, ctx: &Context) -> anyhow::Result<()> {
+    let (workspace, version) = match args.workspace.split_once('@') {
+        Some((ws, v)) => (
+            ws.to_owned(),
+            Some(
+                v.parse::<u64>()
+                    .with_context(|| format!("{v}: not a version number"))?,
+            ),
+        ),
+        None => (args.workspace, None),
+    };
+    let bar = progress_bar(ctx, None, "pulling");
+    let response = call(ctx, Request::Pull { workspace, version }, |r| {
+        if let (Some(bar), Response::Progress(p)) = (&bar, r) {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+            bar.set_message(format!("pulling from {} peer(s)", p.peers));
+        }
+    });
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match response? {
+        Response::Pulled(summary) => ctx.report(&summary, |s| {
+            format!(
+                "pulled {} v{}: {} fetched, {} already local, {:.1} s, {} peer(s)",
+                s.workspace.short(),
+                s.version,
+                human_bytes(s.bytes_fetched),
+                human_bytes(s.bytes_local),
+                s.millis as f64 / 1000.0,
+                s.per_peer.len()
+            )
+        }),
+        other => bail!("unexpected answer from the node: {other:?}"),
+    }
+}

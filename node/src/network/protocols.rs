@@ -1,0 +1,23 @@
+//! The request-response codecs of the wire protocols, over the message types of
+//! `vwnet_protocol::wire` (which owns the names, the messages and their size caps).
+
+pub use vwnet_protocol::wire::{
+    CatalogRequest, CatalogResponse, ChunkRequest, ChunkResponse, ManifestRequest, ManifestResponse,
+};
+
+use super::codec::CappedCodec;
+
+/// Protocol and topic names, re-exported from the wire module.
+pub mod names {
+    pub use vwnet_protocol::wire::{
+        CATALOG_PROTOCOL, CHUNK_PROTOCOL, DESCRIPTIONS_TOPIC, LOCKS_TOPIC, MANIFEST_PROTOCOL,
+        PROVIDERS_TOPIC,
+    };
+}
+
+/// Codec of `/vwnet/chunk/1`.
+pub type ChunkCodec = CappedCodec<ChunkRequest, ChunkResponse>;
+/// Codec of `/vwnet/manifest/1`.
+pub type ManifestCodec = CappedCodec<ManifestRequest, ManifestResponse>;
+/// Codec of `/vwnet/catalog/1`.
+pub type CatalogCodec = CappedCodec<CatalogRequest, CatalogResponse>;

@@ -14,8 +14,14 @@ use vwnet_protocol::ids::{ChunkHash, ImageId};
 
 use crate::store::{ReadError, Store, StoreError};
 
-/// Chunk buffers in flight between the reading and the writing thread.
-const PIPELINE_DEPTH: usize = 16;
+/// Buffers in flight between the reading and the writing thread.
+const PIPELINE_DEPTH: usize = 4;
+/// Bytes of consecutive data chunks read, verified and written as one buffer: few system
+/// calls, while memory stays at `(PIPELINE_DEPTH + 2) * BATCH_BYTES` whatever the image size.
+const BATCH_BYTES: u64 = 2 * 1024 * 1024;
+/// Output bytes after which a background `fdatasync` starts, so the disk writes while chunks
+/// are still being read and verified, instead of all at the final sync.
+const FLUSH_EVERY: u64 = 32 * 1024 * 1024;
 
 /// What an export wrote.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -86,6 +92,44 @@ impl From<ReadError> for ExportError {
     }
 }
 
+/// Background flushing of the output file (see [`FLUSH_EVERY`]).
+#[derive(Default)]
+struct Flusher {
+    unflushed: u64,
+    running: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl Flusher {
+    /// Notes `len` more bytes written to `file`; starts a flush when enough accumulated and the
+    /// previous one finished.
+    fn wrote(&mut self, file: &File, len: u64) {
+        self.unflushed += len;
+        if self.unflushed < FLUSH_EVERY || self.running.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        // A failure of the previous flush resurfaces at the final `sync_data`, which the
+        // export needs to succeed anyway.
+        let _ = self.finish();
+        if let Ok(handle) = file.try_clone() {
+            self.unflushed = 0;
+            self.running = std::thread::Builder::new()
+                .name("export-flush".into())
+                .spawn(move || handle.sync_data())
+                .ok();
+        }
+    }
+
+    /// Waits for the running flush.
+    fn finish(&mut self) -> io::Result<()> {
+        match self.running.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the flushing thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
 enum Piece {
     Data(Vec<u8>),
     Hole(u64),
@@ -137,12 +181,29 @@ impl Store {
             let chunks = manifest.chunks();
             scope.spawn(move || {
                 let mut files = Default::default();
-                for c in chunks {
-                    let piece = if c.zero {
-                        Ok(Piece::Hole(u64::from(c.len)))
+                let mut i = 0;
+                while i < chunks.len() {
+                    // A run of zero chunks becomes one hole; a run of data chunks up to
+                    // BATCH_BYTES becomes one buffer, read with as few `pread`s as the pack
+                    // layout allows and written with one `write`.
+                    let zero = chunks[i].zero;
+                    let mut end = i;
+                    let mut bytes = 0u64;
+                    while let Some(c) = chunks.get(end)
+                        && c.zero == zero
+                        && (zero || end == i || bytes + u64::from(c.len) <= BATCH_BYTES)
+                    {
+                        bytes += u64::from(c.len);
+                        end += 1;
+                    }
+                    let piece = if zero {
+                        Ok(Piece::Hole(bytes))
                     } else {
                         let mut buf = recycle_rx.try_recv().unwrap_or_default();
-                        match self.read_chunk_into(&c.hash, &mut buf, &mut files) {
+                        buf.clear();
+                        let hashes: Vec<ChunkHash> =
+                            chunks[i..end].iter().map(|c| c.hash).collect();
+                        match self.read_many_into(&hashes, &mut buf, &mut files) {
                             Ok(true) => Ok(Piece::Data(buf)),
                             // Removed since the missing() check (gc or quarantine elsewhere).
                             Ok(false) => Err(ExportError::Incomplete {
@@ -152,6 +213,7 @@ impl Store {
                             Err(e) => Err(e.into()),
                         }
                     };
+                    i = end;
                     let failed = piece.is_err();
                     // The receiver hangs up only after an error of its own; stop then too.
                     if tx.send(piece).is_err() || failed {
@@ -159,15 +221,17 @@ impl Store {
                     }
                 }
             });
-            let file = tmp.as_file_mut();
             let path = dest;
+            let mut flusher = Flusher::default();
             let mut done = 0u64;
             for piece in rx {
+                let file = tmp.as_file_mut();
                 match piece? {
                     Piece::Data(buf) => {
                         file.write_all(&buf).map_err(io("writing", path))?;
                         done += buf.len() as u64;
                         report.data_bytes += buf.len() as u64;
+                        flusher.wrote(file, buf.len() as u64);
                         let _ = recycle_tx.send(buf);
                     }
                     Piece::Hole(len) => {
@@ -185,8 +249,13 @@ impl Store {
                     missing: 1,
                 });
             }
+            let file = tmp.as_file_mut();
             // Trailing holes: seeking alone does not extend the file.
             file.set_len(total).map_err(io("sizing", path))?;
+            // Durable before it is renamed into place, so a crash never leaves a destination
+            // that exists but is short or zero-filled.
+            flusher.finish().map_err(io("syncing", path))?;
+            file.sync_data().map_err(io("syncing", path))?;
             Ok(())
         })?;
         tmp.persist(dest).map_err(|e| ExportError::Io {

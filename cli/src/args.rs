@@ -55,4 +55,35 @@ pub(crate) enum Command {
     Inspect(cmd::ws::InspectArgs),
     /// Fetch a workspace's images from the network, verified chunk by chunk.
     Pull(cmd::ws::PullArgs),
+    /// Take, release or show a workspace's deploy lock (a lease with a fencing token).
+    #[command(subcommand)]
+    Lock(cmd::lock::LockCommand),
+    /// Deploy a workspace on the node's hypervisor: policy, host match, lock, pull, define.
+    Deploy(cmd::manage::DeployArgs),
+    /// Boot a deployed workspace (or resume a saved one); refused without a valid lease.
+    Start(cmd::manage::WsArgs),
+    /// Power a deployed workspace off.
+    Stop(cmd::manage::StopArgs),
+    /// Pause a running workspace.
+    Pause(cmd::manage::WsArgs),
+    /// Unpause a paused workspace; refused without a valid lease.
+    Unpause(cmd::manage::WsArgs),
+    /// Save a workspace's memory state to a file (a hot image); it stops running.
+    Save(cmd::manage::WsArgs),
+    /// Undefine a deployed workspace and release its lock, optionally publishing it first.
+    Undeploy(cmd::manage::UndeployArgs),
+    /// Move a deployed workspace to another node: save, publish, undeploy, deploy there.
+    Migrate(cmd::manage::MigrateArgs),
+    /// Show a workspace's live state on this node.
+    WsState(cmd::manage::WsArgs),
+    /// Create a workspace (or clone one with --from) if the node's policy allows; sign, publish.
+    Create(cmd::factory::CreateArgs),
+    /// Renew a workspace's lifeCycle (owner only): publishes a new version.
+    Extend(cmd::factory::ExtendArgs),
+    /// Keep a workspace's chunks on this node even after it expires.
+    Pin(cmd::factory::PinArgs),
+    /// Undo `vwnet pin`: an expired workspace's chunks become collectable again.
+    Unpin(cmd::factory::PinArgs),
+    /// Let a manager key renew (sign new versions of) workspaces this key owns.
+    Delegate(cmd::factory::DelegateArgs),
 }

@@ -24,6 +24,10 @@ fn late_joiner_with_bootstrap_lists_and_pulls_and_stop_is_clean() {
     let desc = make_description(&a.home, "late");
     let image = dir.path().join("img.raw");
     random_file(&image, 6 * MIB, 1);
+    // A run of zeros at the end: all-zero chunks are never transferred.
+    let mut data = fs::read(&image).unwrap();
+    data.resize(8 * MIB, 0);
+    fs::write(&image, &data).unwrap();
     let (ws, disk) = publish(&a, &desc, &image);
 
     // B joins after the publication, knowing only A's address.
@@ -37,8 +41,14 @@ fn late_joiner_with_bootstrap_lists_and_pulls_and_stop_is_clean() {
         "{detail}"
     );
     let summary = b.json(&["pull", &ws]);
-    assert_eq!(summary["bytes_fetched"], 6 * MIB);
-    assert_eq!(summary["bytes_local"], 0);
+    // Regression (#4): zero chunks were reported as "already local". They are neither fetched
+    // nor local: they are reported apart.
+    let fetched = summary["bytes_fetched"].as_u64().unwrap();
+    let zero = summary["bytes_zero"].as_u64().unwrap();
+    assert_eq!(summary["bytes_local"], 0, "{summary}");
+    assert_eq!(fetched + zero, 8 * MIB as u64, "{summary}");
+    assert!(zero >= MIB as u64 && fetched >= 6 * MIB as u64, "{summary}");
+    assert_per_peer_sums_to_fetched(&summary);
     assert_export_identical(&b, &disk, &image, dir.path());
 
     // A second pull fetches nothing.
@@ -49,6 +59,22 @@ fn late_joiner_with_bootstrap_lists_and_pulls_and_stop_is_clean() {
     let status = a.stop();
     assert!(status.success(), "{status:?}\n{}", a.log_text());
     assert!(!a.home.join("node.sock").exists());
+}
+
+/// Regression (#4): per-peer bytes summed to more than `bytes_fetched` (endgame duplicates were
+/// credited). Each stored chunk counts once, to the peer whose copy was stored.
+fn assert_per_peer_sums_to_fetched(summary: &serde_json::Value) {
+    let per_peer: u64 = summary["per_peer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        per_peer,
+        summary["bytes_fetched"].as_u64().unwrap(),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -270,15 +296,16 @@ fn corrupting_peer_is_banned_and_the_pull_completes_elsewhere() {
 fn five_nodes_pull_concurrently_and_serve_each_other() {
     let dir = tempfile::tempdir().unwrap();
     // A seed that uploads slowly: pullers that only drained the seed would take far longer
-    // than ones that also trade chunks among themselves.
+    // (4 x 256 MiB at 24 MiB/s: 43 s) than ones that also trade chunks among themselves.
     let seed = Node::start(
         dir.path(),
         "seed",
-        &["--upload-limit", &(3 * MIB).to_string()],
+        &["--upload-limit", &(24 * MIB).to_string()],
     );
     let desc = make_description(&seed.home, "swarm");
     let image = dir.path().join("img.raw");
-    let size = 24 * MIB;
+    // The size issue #4 asks for.
+    let size = 256 * MIB;
     random_file(&image, size, 5);
     let (ws, disk) = publish(&seed, &desc, &image);
     let seed_addr = seed.addr();
@@ -301,11 +328,17 @@ fn five_nodes_pull_concurrently_and_serve_each_other() {
             std::thread::spawn(move || swarm_common::json(&home, &["pull", &ws]))
         })
         .collect();
+    let started = std::time::Instant::now();
     let summaries: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    eprintln!(
+        "4 concurrent pulls of {size} bytes took {:?}",
+        started.elapsed()
+    );
     let seed_id = seed.peer_id();
     let (mut from_seed, mut from_pullers) = (0u64, 0u64);
     for s in &summaries {
         assert_eq!(s["bytes_fetched"].as_u64().unwrap(), size as u64, "{s}");
+        assert_per_peer_sums_to_fetched(s);
         for p in s["per_peer"].as_array().unwrap() {
             let bytes = p[1].as_u64().unwrap();
             if p[0] == seed_id.as_str() {

@@ -22,6 +22,9 @@ pub const NODE_KEY: &str = "node.key";
 pub const USER_KEY: &str = "user.key";
 /// Directory of the chunk store inside the home directory.
 pub const STORE_DIR: &str = "store";
+/// The hypervisor connection a node opens unless told otherwise: libvirt's in-process test
+/// driver, which needs no daemon.
+pub const DEFAULT_HYPERVISOR: &str = "test:///default";
 
 /// Why a configuration is not usable.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,9 @@ impl Default for Limits {
     }
 }
 
+/// Default lease of a workspace deploy lock; the holder renews it every third of this.
+pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
+
 /// A validated node configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -92,6 +98,10 @@ pub struct NodeConfig {
     request_timeout: Duration,
     idle_connection_timeout: Duration,
     fault_corrupt_uploads: bool,
+    lock_lease: Duration,
+    hypervisor: String,
+    policy_file: Option<PathBuf>,
+    resource_limits: crate::policy::ResourceLimits,
 }
 
 impl NodeConfig {
@@ -167,6 +177,26 @@ impl NodeConfig {
     pub fn fault_corrupt_uploads(&self) -> bool {
         self.fault_corrupt_uploads
     }
+
+    /// The lease this node asks for when it takes a deploy lock (whole seconds).
+    pub fn lock_lease(&self) -> Duration {
+        self.lock_lease
+    }
+
+    /// The libvirt connection URI the node opens once and holds for its lifetime.
+    pub fn hypervisor(&self) -> &str {
+        &self.hypervisor
+    }
+
+    /// The access policy file; `None` means the default policy (see [`crate::policy`]).
+    pub fn policy_file(&self) -> Option<&Path> {
+        self.policy_file.as_deref()
+    }
+
+    /// How big a workspace this node agrees to host.
+    pub fn resource_limits(&self) -> crate::policy::ResourceLimits {
+        self.resource_limits
+    }
 }
 
 /// The optional TOML config file (`--config FILE`); flags given on the command line win.
@@ -191,6 +221,18 @@ pub struct ConfigFile {
     pub download_bytes_per_sec: Option<u64>,
     /// Concurrent inbound chunk requests served.
     pub max_concurrent_uploads: Option<usize>,
+    /// Lease of deploy locks this node takes, e.g. `"30s"`.
+    pub lock_lease: Option<vwnet_protocol::time::Span>,
+    /// Hypervisor connection URI, e.g. `qemu:///system`.
+    pub hypervisor: Option<String>,
+    /// Access policy file (TOML, see `vwnet_protocol::acl`).
+    pub policy: Option<PathBuf>,
+    /// Largest minimum RAM (MiB) of a workspace created or deployed here.
+    pub max_ram_mib: Option<u64>,
+    /// Largest disk footprint (bytes) of a workspace created or deployed here.
+    pub max_disk_bytes: Option<u64>,
+    /// Most workspaces created (or deployed) here at once.
+    pub max_workspaces: Option<u64>,
 }
 
 impl ConfigFile {
@@ -215,6 +257,10 @@ pub struct NodeConfigBuilder {
     limits: Limits,
     request_timeout: Duration,
     fault_corrupt_uploads: bool,
+    lock_lease: Duration,
+    hypervisor: Option<String>,
+    policy_file: Option<PathBuf>,
+    resource_limits: crate::policy::ResourceLimits,
 }
 
 impl Default for NodeConfigBuilder {
@@ -229,6 +275,10 @@ impl Default for NodeConfigBuilder {
             limits: Limits::default(),
             request_timeout: Duration::from_secs(30),
             fault_corrupt_uploads: false,
+            lock_lease: DEFAULT_LOCK_LEASE,
+            hypervisor: None,
+            policy_file: None,
+            resource_limits: crate::policy::ResourceLimits::default(),
         }
     }
 }
@@ -283,6 +333,30 @@ impl NodeConfigBuilder {
         self
     }
 
+    /// Sets the access policy file (default: the built-in policy, see [`crate::policy`]).
+    pub fn policy_file(mut self, path: Option<PathBuf>) -> Self {
+        self.policy_file = path;
+        self
+    }
+
+    /// Sets the resource limits of workspaces created or deployed here.
+    pub fn resource_limits(mut self, limits: crate::policy::ResourceLimits) -> Self {
+        self.resource_limits = limits;
+        self
+    }
+
+    /// Sets the hypervisor connection URI (default [`DEFAULT_HYPERVISOR`]).
+    pub fn hypervisor(mut self, uri: Option<String>) -> Self {
+        self.hypervisor = uri;
+        self
+    }
+
+    /// Sets the lease of deploy locks this node takes (whole seconds, 2 s to 1 h).
+    pub fn lock_lease(mut self, lease: Duration) -> Self {
+        self.lock_lease = lease;
+        self
+    }
+
     /// Applies a config file underneath what was already set: lists are appended, and scalar
     /// settings from the file apply only where the builder still holds the default.
     pub fn apply_file(mut self, file: ConfigFile) -> Self {
@@ -297,6 +371,21 @@ impl NodeConfigBuilder {
         if self.metrics.is_none() {
             self.metrics = file.metrics;
         }
+        if self.lock_lease == DEFAULT_LOCK_LEASE
+            && let Some(lease) = file.lock_lease
+        {
+            self.lock_lease = lease.into();
+        }
+        if self.hypervisor.is_none() {
+            self.hypervisor = file.hypervisor;
+        }
+        if self.policy_file.is_none() {
+            self.policy_file = file.policy;
+        }
+        let r = &mut self.resource_limits;
+        r.max_ram_mib = r.max_ram_mib.or(file.max_ram_mib);
+        r.max_disk_bytes = r.max_disk_bytes.or(file.max_disk_bytes);
+        r.max_workspaces = r.max_workspaces.or(file.max_workspaces);
         let d = Limits::default();
         if self.limits.upload_bytes_per_sec.is_none() {
             self.limits.upload_bytes_per_sec = file.upload_bytes_per_sec;
@@ -362,6 +451,25 @@ impl NodeConfigBuilder {
                 });
             }
         }
+        let hypervisor = self
+            .hypervisor
+            .unwrap_or_else(|| DEFAULT_HYPERVISOR.to_owned());
+        if hypervisor.is_empty() || hypervisor.chars().any(char::is_control) {
+            return Err(ConfigError::BadLimit {
+                field: "hypervisor",
+                reason: "must be a libvirt connection URI such as qemu:///system",
+            });
+        }
+        // Whole seconds because lock records carry seconds; at least 2 s because the holder
+        // counts a second less than granted (the authority rounds to whole seconds).
+        if self.lock_lease.subsec_nanos() != 0
+            || !(2..=vwnet_protocol::wire::MAX_LOCK_LEASE_SECS).contains(&self.lock_lease.as_secs())
+        {
+            return Err(ConfigError::BadLimit {
+                field: "lock_lease",
+                reason: "must be whole seconds between 2 s and 1 h",
+            });
+        }
         if self.request_timeout.is_zero() {
             return Err(ConfigError::BadLimit {
                 field: "request_timeout",
@@ -379,6 +487,10 @@ impl NodeConfigBuilder {
             request_timeout: self.request_timeout,
             idle_connection_timeout: Duration::from_secs(60),
             fault_corrupt_uploads: self.fault_corrupt_uploads,
+            lock_lease: self.lock_lease,
+            hypervisor,
+            policy_file: self.policy_file,
+            resource_limits: self.resource_limits,
         })
     }
 }

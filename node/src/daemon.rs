@@ -31,6 +31,7 @@ use crate::control::server::{BindError, ControlCall, ControlServer};
 use crate::control::{NodeStatus, PeerInfo, Request, Response};
 use crate::metrics::Metrics;
 use crate::network::{self, Client, Event, GossipTopic, InboundRequest, NetworkError};
+use crate::policy::{NodePolicy, PolicyDenied};
 use crate::ratelimit::RateLimiter;
 use crate::shutdown::{self, Signal, Trigger, signalled};
 use crate::store_actor::StoreHandle;
@@ -81,6 +82,14 @@ pub struct Services {
     pub store: StoreHandle,
     /// The durable catalog of workspaces.
     pub catalog: Catalog,
+    /// Who may create, publish, deploy and manage here, and resource limits.
+    pub policy: NodePolicy,
+    /// Workspace pins and gc with the catalog's live set.
+    pub lifetime: Arc<crate::lifetime::Lifetime>,
+    /// Deploy locks: leases held here, authority state, lock records seen.
+    pub locks: crate::locks::Locks,
+    /// The workspace manager: the node's one hypervisor connection and its deployments.
+    pub manager: crate::manager::Manager,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Upload slots: inbound chunk requests served at once.
@@ -238,6 +247,60 @@ pub async fn run(config: NodeConfig) -> Result<(), DaemonError> {
             reason: e.to_string(),
         })??;
 
+    let (home, file) = (
+        config.home().to_owned(),
+        config.policy_file().map(Path::to_owned),
+    );
+    let (node_key, resource_limits) = (identity.public(), config.resource_limits());
+    let policy = tokio::task::spawn_blocking(move || {
+        NodePolicy::load(&home, file.as_deref(), node_key, resource_limits)
+    })
+    .await
+    .map_err(|e| DaemonError::Setup {
+        path: "policy".into(),
+        reason: e.to_string(),
+    })?
+    .map_err(|e| DaemonError::Setup {
+        path: "policy".into(),
+        reason: e.to_string(),
+    })?;
+    info!(%policy, "policy loaded");
+    let (home, gc_store) = (config.home().to_owned(), store.clone());
+    let lifetime = tokio::task::spawn_blocking(move || {
+        crate::lifetime::Lifetime::open(&home, gc_store).map(Arc::new)
+    })
+    .await
+    .map_err(|e| DaemonError::Setup {
+        path: crate::lifetime::PINS_FILE.into(),
+        reason: e.to_string(),
+    })?
+    .map_err(|e| DaemonError::Setup {
+        path: crate::lifetime::PINS_FILE.into(),
+        reason: e.to_string(),
+    })?;
+
+    // ONE hypervisor connection for the node's lifetime: the test driver's machine lives only
+    // in the process (and while a connection is open). libvirt calls block: off the runtime.
+    let (home, uri) = (config.home().to_owned(), config.hypervisor().to_owned());
+    let manager = tokio::task::spawn_blocking(move || {
+        let hv =
+            crate::hypervisor::LibvirtHypervisor::open(&uri).map_err(|e| DaemonError::Setup {
+                path: uri.clone(),
+                reason: e.to_string(),
+            })?;
+        crate::manager::Manager::open(&home, Arc::new(hv)).map_err(|e| DaemonError::Setup {
+            path: home.display().to_string(),
+            reason: e.to_string(),
+        })
+    })
+    .await
+    .map_err(|e| DaemonError::Setup {
+        path: "hypervisor".into(),
+        reason: e.to_string(),
+    })??;
+    manager.reconcile().await;
+    info!(hypervisor = %manager.uri(), "hypervisor connected");
+
     let (trigger, signal) = shutdown::channel();
     watch_signals(trigger.clone()).map_err(|e| DaemonError::Setup {
         path: "signals".into(),
@@ -246,14 +309,39 @@ pub async fn run(config: NodeConfig) -> Result<(), DaemonError> {
     let (net, mut events, event_loop) = network::new(&identity, &config, signal.clone())?;
     let net_task = tokio::spawn(event_loop.run());
 
+    let (home, lock_catalog, lock_net) = (config.home().to_owned(), catalog.clone(), net.clone());
+    let (lock_key, lease) = (
+        Identity::from_secret_bytes(&identity.secret_bytes()),
+        config.lock_lease(),
+    );
+    let locks = tokio::task::spawn_blocking(move || {
+        crate::locks::Locks::open(&home, &lock_key, lock_catalog, lock_net, lease)
+    })
+    .await
+    .map_err(|e| DaemonError::Setup {
+        path: crate::locks::LOCKS_DB.into(),
+        reason: e.to_string(),
+    })?
+    .map_err(|e| DaemonError::Setup {
+        path: crate::locks::LOCKS_DB.into(),
+        reason: e.to_string(),
+    })?;
+    if let Err(err) = locks.resume().await {
+        warn!(%err, "cannot resume the leases held before the restart");
+    }
+
     let limits = config.limits();
     let metrics = Arc::new(Metrics::default());
     let services = Arc::new(Services {
         local_peer: network::keypair(&identity).public().to_peer_id(),
         identity: identity.public(),
         net,
+        lifetime,
         store: StoreHandle::spawn(store),
         catalog,
+        policy,
+        locks,
+        manager,
         metrics: metrics.clone(),
         uploads: Semaphore::new(limits.max_concurrent_uploads),
         upload_rate: RateLimiter::new(limits.upload_bytes_per_sec),
@@ -407,18 +495,26 @@ async fn validate_gossip(
                     warn!(%reason, "rejecting a gossiped description");
                     MessageAcceptance::Reject
                 }
+                // Not relayed, and the sender's score drops: it forwarded what we refuse.
+                Err(AcceptError::Denied(denied)) => {
+                    warn!(%denied, ?origin, "rejecting a gossiped description");
+                    MessageAcceptance::Reject
+                }
                 Err(AcceptError::Catalog(err)) => {
                     warn!(%err, "catalog failed; ignoring a gossiped description");
                     MessageAcceptance::Ignore
                 }
             }
         }
-        GossipMessage::Lock(lock) => match lock.verify() {
-            Ok(_) => MessageAcceptance::Accept,
-            Err(err) => {
-                warn!(%err, "rejecting a gossiped lock record");
+        GossipMessage::Lock(lock) => match services.locks.observe(&lock).await {
+            crate::locks::Observation::Newer => MessageAcceptance::Accept,
+            crate::locks::Observation::Invalid(reason) => {
+                warn!(%reason, ?origin, "rejecting a gossiped lock record");
                 MessageAcceptance::Reject
             }
+            // Echoes, overtaken records and workspaces we cannot judge: not forwarded, no
+            // blame (an honest peer may simply know more than we do).
+            _ => MessageAcceptance::Ignore,
         },
         GossipMessage::Provider(announcement) => {
             // Only the provider itself may announce its holdings; gossipsub signed the
@@ -443,6 +539,9 @@ pub enum AcceptError {
     /// Signature, delegation or content is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The node's policy does not allow its publication (by its signer).
+    #[error(transparent)]
+    Denied(#[from] PolicyDenied),
     /// The catalog failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -463,6 +562,18 @@ pub async fn accept_description(
         .record()
         .validate()
         .map_err(|e| AcceptError::Invalid(e.to_string()))?;
+    // Gossip and catalog exchange carry no attribute certificates: only identity and
+    // everyone rules can allow a remote publication.
+    if let Err(denied) = services.policy.check(
+        vwnet_protocol::acl::Action::Publish,
+        verified.signer(),
+        &[],
+        verified.record(),
+        now,
+    ) {
+        Metrics::add(&services.metrics.descriptions_denied, 1);
+        return Err(denied.into());
+    }
     let offer = services
         .with_catalog(move |c| c.offer(&verified, origin, now))
         .await?;
@@ -526,7 +637,7 @@ async fn sync_catalog(services: &Services, peer: PeerId) {
     }
 }
 
-async fn serve_inbound(services: &Services, request: InboundRequest) {
+async fn serve_inbound(services: &Arc<Services>, request: InboundRequest) {
     match request {
         InboundRequest::Chunks {
             peer,
@@ -597,6 +708,23 @@ async fn serve_inbound(services: &Services, request: InboundRequest) {
             let response = catalog_answer(services, request).await;
             let _ = services.net.respond_catalog(channel, response).await;
         }
+        InboundRequest::Lock {
+            peer,
+            request,
+            channel,
+        } => {
+            // The requester is the noise-authenticated peer, never a field it chose.
+            let response = match network::peer_identity(&peer) {
+                Some(requester) => services.locks.serve(requester, request).await,
+                None => wire::LockResponse::Refused(WireRefusal::Forbidden),
+            };
+            let _ = services.net.respond_lock(channel, response).await;
+        }
+        InboundRequest::Deploy {
+            peer,
+            request,
+            channel,
+        } => crate::manager::remote::serve(services, peer, *request, channel).await,
     }
 }
 
@@ -652,6 +780,27 @@ async fn handle_call(services: Arc<Services>, call: ControlCall) {
         Request::Pull { workspace, version } => {
             crate::pull::pull(&services, &workspace, version, reply.clone()).await
         }
+        Request::Manage(request) => crate::manager::handle(&services, request, reply.clone()).await,
+        Request::LockAcquire { workspace } => {
+            crate::locks::control::acquire(&services, &workspace).await
+        }
+        Request::LockRelease { workspace } => {
+            crate::locks::control::release(&services, &workspace).await
+        }
+        Request::LockShow { workspace } => crate::locks::control::show(&services, &workspace).await,
+        Request::Create { signed, certs } => {
+            crate::factory::create(&services, &signed, &certs).await
+        }
+        Request::Pin { workspace, pinned } => {
+            crate::factory::pin(&services, &workspace, pinned).await
+        }
+        Request::Gc => crate::factory::gc(&services).await,
+        Request::Extend {
+            signed,
+            delegation,
+            certs,
+        } => crate::factory::extend(&services, &signed, delegation.as_deref(), &certs).await,
+        Request::Signed { workspace } => crate::factory::signed(&services, &workspace).await,
         Request::Export { image, path } => match services.store.export(image, path).await {
             Ok(_) => Response::Done,
             Err(err) => Response::Error(err.to_string()),

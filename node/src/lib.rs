@@ -10,6 +10,11 @@
 //! - [`catalog`]: the durable highest-accepted version of each workspace (`node.redb`).
 //! - [`control`]: the local Unix-socket API between the CLI and a running node.
 //! - [`daemon`]: `vwnet node run`: wires the tasks together and serves peers and the CLI.
+//! - [`locks`]: deploy locks: leases with fencing tokens from a workspace's lock authorities.
+//! - [`manager`]: deploys workspaces to the hypervisor and back (start, pause, save, undeploy
+//!   with publication, migration); the node's one hypervisor connection.
+//! - [`factory`], [`lifetime`]: `vwnet create`, pins, expiry and gc of expired workspaces.
+//! - [`policy`]: who may create, publish, deploy, manage; resource limits; deployability.
 //! - [`publish`], [`pull`]: the publish/ls/inspect handlers and the pull driver.
 //! - [`metrics`], [`ratelimit`], [`shutdown`]: counters and their endpoint, byte-rate
 //!   limits, the node-wide stop signal.
@@ -18,9 +23,14 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod downloader;
+pub mod factory;
 pub mod hypervisor;
+pub mod lifetime;
+pub mod locks;
+pub mod manager;
 pub mod metrics;
 pub mod network;
+pub mod policy;
 pub mod publish;
 pub mod pull;
 pub mod ratelimit;

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub uploads_refused: AtomicU64,
     /// Gossip messages rejected by validation.
     pub gossip_rejected: AtomicU64,
+    /// Descriptions (from gossip, catalog exchange or the CLI) the policy refused.
+    pub descriptions_denied: AtomicU64,
     per_peer: Mutex<BTreeMap<String, PeerBytes>>,
 }
 
@@ -129,6 +131,13 @@ impl Metrics {
             "Gossip messages rejected by validation.",
             "counter",
             &self.gossip_rejected,
+        );
+        scalar(
+            &mut out,
+            "vwnet_descriptions_denied_total",
+            "Descriptions whose publication the node's policy refused.",
+            "counter",
+            &self.descriptions_denied,
         );
         let peers = self.per_peer();
         for (name, help, pick) in [

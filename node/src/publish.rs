@@ -141,6 +141,10 @@ async fn summary(services: &Services, entry: &Entry) -> WorkspaceSummary {
         size: images.iter().map(|i| i.size).sum(),
         local_bytes: local,
         published_here: entry.origin == Origin::Local,
+        live_state: services.manager.live_state(d.id).await,
+        expires_at: d.expires_at(),
+        expired: d.is_expired(Timestamp::now()),
+        pinned: services.lifetime.pins().contains(&d.id),
     }
 }
 
@@ -222,7 +226,15 @@ pub async fn inspect(services: &Services, query: &str) -> Response {
         Ok(e) => e,
         Err(err) => return Response::Error(err),
     };
-    let d = entry.description.record();
+    let mut d = entry.description.record().clone();
+    // The description's state follows reality here: a workspace deployed on this node shows
+    // its live state, not the one it was published with.
+    if let Some(live) = services.manager.live_state(d.id).await
+        && let Ok(state) = live.parse()
+    {
+        d.state = state;
+    }
+    let d = &d;
     let description_toml = match d.to_toml_string() {
         Ok(t) => t,
         Err(err) => return Response::Error(err.to_string()),
@@ -248,5 +260,6 @@ pub async fn inspect(services: &Services, query: &str) -> Response {
         signer: entry.description.signer().to_string(),
         signature,
         images,
+        lock: crate::locks::control::info(&services.locks, d.id),
     }))
 }

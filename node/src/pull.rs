@@ -2,15 +2,26 @@
 //!
 //! The downloader decides what to ask of whom and when to give up; this module only does the
 //! I/O it asks for. Each request runs in its own task (rate-limited, then sent through the
-//! network client); its chunks are hashed and stored by the store actor before the outcome is
-//! reported back, so nothing unverified is ever stored or counted. Around that loop:
+//! network client, dropped when the downloader cancels it); its chunks are hashed on the
+//! blocking pool and only those that match are appended to the pull's [`WriteSession`] before
+//! the outcome is reported back, so nothing unverified is ever stored.
+//!
+//! **Durability is batched**: appended chunks are fsync'd and indexed together every
+//! [`COMMIT_BYTES`] or [`COMMIT_EVERY`], whichever comes first, instead of once per response.
+//! A chunk is *acknowledged* — counted in the summary, marked held, announced to peers, served
+//! — only once its commit returned; a crash loses at most the unacknowledged tail, which the
+//! next pull fetches again. Around that loop:
 //!
 //! - **Sources**: DHT providers (complete holders) and gossip provider announcements (partial
 //!   holders with a bitmap, indexed by the downloader catalog's chunk order, which every node
 //!   derives identically from the manifest).
 //! - **Swarming**: while pulling, the node announces its own bitmap about once a second, and it
 //!   serves any chunk it holds, so pullers feed each other.
-//! - **Resume**: chunks are committed per response; a new pull starts from what the store holds.
+//! - **Resume**: a new pull starts from what the store holds (every committed batch).
+//! - **Accounting**: `bytes_fetched` and `per_peer` count each stored chunk once, credited to
+//!   the peer whose copy was stored; endgame duplicates and copies of chunks that were already
+//!   stored count nowhere. All-zero chunks are never transferred or stored (export writes
+//!   holes): they are reported as `bytes_zero`, not as fetched or local.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,8 +29,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use vwnet_chunker::Manifest;
@@ -39,7 +50,7 @@ use crate::downloader::{
 use crate::metrics::Metrics;
 use crate::network::{RequestError, behaviour::provider_key};
 use crate::publish::{images_of, resolve};
-use crate::store_actor::ChunkVerdict;
+use crate::store_actor::{ChunkVerdict, StoreActorError, WriteSession};
 
 /// How often sources are refreshed, holdings announced and progress reported.
 const TICK: Duration = Duration::from_millis(500);
@@ -47,6 +58,17 @@ const TICK: Duration = Duration::from_millis(500);
 const PROVIDER_QUERY_EVERY: Duration = Duration::from_secs(3);
 /// How long a pull waits with no peer holding the remaining chunks before it fails.
 const STALL_LIMIT: Duration = Duration::from_secs(60);
+/// Received bytes after which a commit (fsync + index) starts. Large enough that the fsync and
+/// the index transaction are a small share of the transfer, small enough that a crash loses
+/// little.
+pub const COMMIT_BYTES: u64 = 64 << 20;
+/// A commit also starts this long after the last one, so that slow pulls still make progress
+/// durable (and visible to peers) often.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(250);
+
+/// What a pull remembers about each stored chunk until its commit: which chunk, which peer's
+/// copy, how long.
+type Tag = (ChunkIdx, PeerId, u32);
 
 /// Why a pull failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +79,7 @@ pub enum PullError {
     NoManifest(String),
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] crate::store_actor::StoreActorError),
+    Store(#[from] StoreActorError),
     /// The manifest cannot be scheduled.
     #[error("image {image}: {reason}")]
     Schedule {
@@ -81,6 +103,7 @@ pub enum PullError {
 struct Totals {
     fetched: u64,
     local: u64,
+    zero: u64,
     per_peer: HashMap<PeerId, u64>,
 }
 
@@ -132,6 +155,7 @@ pub async fn pull(
         version: d.version,
         bytes_fetched: totals.fetched,
         bytes_local: totals.local,
+        bytes_zero: totals.zero,
         per_peer,
         millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     })
@@ -203,13 +227,14 @@ enum Outcome {
         peer: PeerId,
         id: RequestId,
         outcomes: Vec<(ChunkIdx, ChunkOutcome)>,
-        verified_bytes: u64,
     },
     Failed {
         peer: PeerId,
         id: RequestId,
         failure: Failure,
     },
+    /// The downloader cancelled the request before its response arrived.
+    Cancelled(RequestId),
     Fatal(PullError),
 }
 
@@ -273,7 +298,8 @@ async fn pull_image(
     let config = downloader_config().map_err(|e| schedule_err(e.to_string()))?;
     let mut dl: Downloader<PeerId> =
         Downloader::new(config, catalog.clone(), local).map_err(|e| schedule_err(e.to_string()))?;
-    totals.local += dl.stats().bytes_local + manifest.zero_bytes();
+    totals.local += dl.stats().bytes_local;
+    totals.zero += manifest.zero_bytes();
     info!(
         image = %image.id.short(),
         want = dl.stats().bytes_wanted,
@@ -290,6 +316,10 @@ async fn pull_image(
     let mut announced_done = u64::MAX;
     let mut last_holdings: HashMap<PeerId, Holdings> = HashMap::new();
     let mut stalled_since: Option<Duration> = None;
+    let session: WriteSession<Tag> = services.store.write_session();
+    let mut commits = Commits::default();
+    let mut commit_ticker = tokio::time::interval(COMMIT_EVERY);
+    let mut cancels: HashMap<RequestId, oneshot::Sender<()>> = HashMap::new();
 
     let result = loop {
         while let Some(action) = dl.poll(now()) {
@@ -300,7 +330,13 @@ async fn pull_image(
                     stalled_since = None;
                     let services = services.clone();
                     let catalog = catalog.clone();
-                    tasks.spawn(async move { fetch(&services, &catalog, peer, id, chunks).await });
+                    let session = session.clone();
+                    let (cancel_tx, cancel_rx) = oneshot::channel();
+                    cancels.insert(id, cancel_tx);
+                    tasks.spawn(async move {
+                        let request = Request { peer, id, chunks };
+                        fetch(&services, &catalog, &session, request, cancel_rx).await
+                    });
                 }
                 Action::Ban { peer, until } => {
                     ban(services, peer, until.saturating_sub(now())).await;
@@ -312,8 +348,14 @@ async fn pull_image(
                     );
                     stalled_since.get_or_insert(now());
                 }
-                // A late response is still accepted, so a cancelled request is left to finish.
-                Action::Cancel { .. } | Action::Complete => {}
+                // Timed out, or every chunk arrived from elsewhere (endgame): stop waiting for
+                // it and do not verify or store what it would bring.
+                Action::Cancel { id, .. } => {
+                    if let Some(cancel) = cancels.remove(&id) {
+                        let _ = cancel.send(());
+                    }
+                }
+                Action::Complete => {}
             }
         }
         if dl.is_complete() {
@@ -333,20 +375,33 @@ async fn pull_image(
         tokio::select! {
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 match joined {
-                    Ok(Outcome::Answered { peer, id, outcomes, verified_bytes }) => {
-                        for (idx, outcome) in &outcomes {
-                            if *outcome == ChunkOutcome::Verified
-                                && let Some(h) = held.get_mut(idx.as_usize())
-                            {
-                                *h = true;
-                            }
-                        }
-                        *totals.per_peer.entry(peer).or_default() += verified_bytes;
+                    Ok(Outcome::Answered { peer, id, outcomes }) => {
+                        cancels.remove(&id);
                         dl.on_response(now(), &peer, id, outcomes);
+                        if session.uncommitted_bytes() >= COMMIT_BYTES {
+                            commits.start(&session);
+                        }
                     }
-                    Ok(Outcome::Failed { peer, id, failure }) => dl.on_failure(now(), &peer, id, failure),
+                    Ok(Outcome::Failed { peer, id, failure }) => {
+                        cancels.remove(&id);
+                        dl.on_failure(now(), &peer, id, failure);
+                    }
+                    Ok(Outcome::Cancelled(id)) => {
+                        cancels.remove(&id);
+                    }
                     Ok(Outcome::Fatal(err)) => break Err(err),
                     Err(err) => warn!(%err, "chunk request task failed"),
+                }
+            }
+            Some(done) = commits.next(), if commits.running() => {
+                match done {
+                    Ok(tags) => acknowledge(tags, &mut held, totals),
+                    Err(err) => break Err(err.into()),
+                }
+            }
+            _ = commit_ticker.tick() => {
+                if session.uncommitted_bytes() > 0 {
+                    commits.start(&session);
                 }
             }
             _ = tokio::time::sleep(sleep) => dl.tick(now()),
@@ -372,10 +427,17 @@ async fn pull_image(
     };
     finder.abort();
     tasks.abort_all();
+    // Whatever was verified is made durable, also when the pull failed: a later pull resumes
+    // from it.
+    let flushed = commits.finish(&session).await;
+    match &flushed {
+        Ok(tags) => acknowledge(tags.clone(), &mut held, totals),
+        Err(err) => warn!(%err, "committing received chunks failed"),
+    }
     let stats = dl.stats().clone();
-    totals.fetched += stats.bytes_done;
     Metrics::add(&services.metrics.chunks_verified, stats.chunks_done);
     result?;
+    flushed?;
 
     services.store.finish(image.id).await?;
     services
@@ -477,24 +539,98 @@ async fn ban(services: &Arc<Services>, peer: PeerId, duration: Duration) {
     });
 }
 
-/// Sends one chunk request and verifies and stores what comes back.
-async fn fetch(
-    services: &Services,
-    catalog: &ChunkCatalog,
+/// Makes a commit's chunks count: held (so they are announced and served), fetched, and
+/// credited to the peer whose copy was stored.
+fn acknowledge(tags: Vec<Tag>, held: &mut [bool], totals: &mut Totals) {
+    for (idx, peer, len) in tags {
+        if let Some(h) = held.get_mut(idx.as_usize()) {
+            *h = true;
+        }
+        totals.fetched += u64::from(len);
+        *totals.per_peer.entry(peer).or_default() += u64::from(len);
+    }
+}
+
+/// At most one commit of the pull's write session in flight (each fsyncs everything appended
+/// before it, so a second one at the same time would only wait for the disk).
+#[derive(Default)]
+struct Commits {
+    running: Option<JoinHandle<Result<Vec<Tag>, StoreActorError>>>,
+}
+
+impl Commits {
+    fn running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Starts a commit unless one is running (the next one will take these bytes).
+    fn start(&mut self, session: &WriteSession<Tag>) {
+        if self.running.is_none() {
+            let session = session.clone();
+            self.running = Some(tokio::spawn(async move { session.commit().await }));
+        }
+    }
+
+    /// The running commit's result; pending forever when none runs (guard with `running`).
+    async fn next(&mut self) -> Option<Result<Vec<Tag>, StoreActorError>> {
+        let handle = self.running.as_mut()?;
+        let result = handle
+            .await
+            .unwrap_or_else(|e| Err(StoreActorError::Task(e.to_string())));
+        self.running = None;
+        Some(result)
+    }
+
+    /// Waits for the running commit, then commits the rest; returns every tag made durable.
+    async fn finish(&mut self, session: &WriteSession<Tag>) -> Result<Vec<Tag>, StoreActorError> {
+        let mut tags = match self.next().await {
+            Some(r) => r?,
+            None => Vec::new(),
+        };
+        tags.extend(session.commit().await?);
+        Ok(tags)
+    }
+}
+
+/// One request the downloader asked for.
+struct Request {
     peer: PeerId,
     id: RequestId,
     chunks: Vec<ChunkIdx>,
+}
+
+/// Sends one chunk request and verifies and appends what comes back; gives up when `cancel`
+/// fires before the response arrived.
+async fn fetch(
+    services: &Services,
+    catalog: &ChunkCatalog,
+    session: &WriteSession<Tag>,
+    Request { peer, id, chunks }: Request,
+    cancel: oneshot::Receiver<()>,
 ) -> Outcome {
     let wanted: Vec<(ChunkIdx, ChunkHash, u32)> = chunks
         .iter()
         .filter_map(|&c| Some((c, catalog.hash(c)?, catalog.chunk_len(c)?)))
         .collect();
     let bytes: u64 = wanted.iter().map(|(_, _, len)| u64::from(*len)).sum();
-    services.download_rate.acquire(bytes).await;
     let request = ChunkRequest {
         hashes: wanted.iter().map(|(_, h, _)| *h).collect(),
     };
-    let replies = match services.net.request_chunks(peer, request).await {
+    let exchange = async {
+        services.download_rate.acquire(bytes).await;
+        services.net.request_chunks(peer, request).await
+    };
+    // A dropped sender (the pull ended) is not a cancellation; the task is aborted then anyway.
+    let cancelled = async {
+        if cancel.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let response = tokio::select! {
+        r = exchange => r,
+        () = cancelled => return Outcome::Cancelled(id),
+    };
+    let replies = match response {
         Ok(ChunkResponse::Chunks(replies)) => replies,
         Ok(ChunkResponse::Refused(_)) => {
             return Outcome::Failed {
@@ -513,20 +649,20 @@ async fn fetch(
         }
     };
     let mut outcomes = Vec::with_capacity(wanted.len());
-    let mut to_store = Vec::new();
-    let mut stored_idx = Vec::new();
-    for ((idx, hash, _), reply) in wanted.iter().zip(replies) {
+    let mut to_store = Vec::with_capacity(wanted.len());
+    let mut stored_idx = Vec::with_capacity(wanted.len());
+    for ((idx, hash, len), reply) in wanted.iter().zip(replies) {
         match reply {
             ChunkReply::Found(data) => {
                 stored_idx.push((*idx, data.len() as u64));
-                to_store.push((*hash, data));
+                to_store.push((*hash, data, (*idx, peer, *len)));
             }
             ChunkReply::Missing => outcomes.push((*idx, ChunkOutcome::Missing)),
             // Not listed: the downloader re-queues it.
             ChunkReply::OverBudget => {}
         }
     }
-    let verdicts = match services.store.put_chunks(to_store).await {
+    let verdicts = match session.put(to_store).await {
         Ok(v) => v,
         Err(err) => return Outcome::Fatal(err.into()),
     };
@@ -545,12 +681,7 @@ async fn fetch(
         }
     }
     services.metrics.bytes_in(&peer.to_string(), verified_bytes);
-    Outcome::Answered {
-        peer,
-        id,
-        outcomes,
-        verified_bytes,
-    }
+    Outcome::Answered { peer, id, outcomes }
 }
 
 #[cfg(test)]

@@ -7,10 +7,11 @@
 //! flood of inbound chunk requests waits for room instead of queueing without limit.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use vwnet_chunker::store::{ImageInfo, PutError, ReadError};
+use vwnet_chunker::store::{ChunkWriter, ImageInfo, PutError, ReadError, VerifiedChunk};
 use vwnet_chunker::{
     ExportError, ExportReport, IngestError, IngestOptions, IngestReport, Manifest, Store,
     StoreError,
@@ -47,6 +48,9 @@ pub enum StoreActorError {
     /// A manifest's bytes are invalid or do not hash to the expected id.
     #[error("manifest: {0}")]
     Manifest(String),
+    /// A blocking store task panicked or was cancelled.
+    #[error("a store task failed: {0}")]
+    Task(String),
 }
 
 /// The verdict on one chunk received from a peer.
@@ -62,7 +66,6 @@ type Reply<T> = oneshot::Sender<Result<T, StoreActorError>>;
 
 enum Job {
     Ingest(PathBuf, Reply<IngestReport>),
-    PutChunks(Vec<(ChunkHash, Vec<u8>)>, Reply<Vec<ChunkVerdict>>),
     ReadChunks(Vec<ChunkHash>, Reply<Vec<Option<Vec<u8>>>>),
     HasChunks(Vec<ChunkHash>, Reply<Vec<bool>>),
     AddManifest(ImageId, Vec<u8>, Reply<Manifest>),
@@ -87,20 +90,10 @@ impl Job {
                 let r = store.ingest_file(&path, &opts, &mut |_, _| {});
                 let _ = reply.send(r.map_err(Into::into));
             }
-            Job::PutChunks(chunks, reply) => {
-                let _ = reply.send(put_chunks(store, chunks));
-            }
             Job::ReadChunks(hashes, reply) => {
-                let r = hashes
-                    .iter()
-                    .map(|h| match store.read_chunk(h) {
-                        Ok(bytes) => Ok(bytes),
-                        // A corrupt local chunk was quarantined: we simply do not have it now.
-                        Err(ReadError::Corrupt { .. }) => Ok(None),
-                        Err(e) => Err(StoreActorError::from(e)),
-                    })
-                    .collect();
-                let _ = reply.send(r);
+                // A corrupt local chunk is quarantined and comes back as `None`: we simply do
+                // not have it now.
+                let _ = reply.send(store.read_chunks(&hashes).map_err(Into::into));
             }
             Job::HasChunks(hashes, reply) => {
                 let r = hashes
@@ -147,26 +140,6 @@ impl Job {
     }
 }
 
-fn put_chunks(
-    store: &Store,
-    chunks: Vec<(ChunkHash, Vec<u8>)>,
-) -> Result<Vec<ChunkVerdict>, StoreActorError> {
-    // One writer, one commit (one fsync) for the whole batch.
-    let mut writer = store.writer();
-    let mut verdicts = Vec::with_capacity(chunks.len());
-    for (hash, bytes) in &chunks {
-        match writer.put_chunk(*hash, bytes) {
-            Ok(_) => verdicts.push(ChunkVerdict::Stored),
-            Err(PutError::HashMismatch { .. }) | Err(PutError::BadLength(_)) => {
-                verdicts.push(ChunkVerdict::Corrupt)
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    writer.commit()?;
-    Ok(verdicts)
-}
-
 fn add_manifest(store: &Store, id: ImageId, bytes: &[u8]) -> Result<Manifest, StoreActorError> {
     let manifest =
         Manifest::from_bytes(bytes).map_err(|e| StoreActorError::Manifest(e.to_string()))?;
@@ -185,6 +158,7 @@ fn add_manifest(store: &Store, id: ImageId, bytes: &[u8]) -> Result<Manifest, St
 #[derive(Debug, Clone)]
 pub struct StoreHandle {
     jobs: mpsc::Sender<Job>,
+    store: Store,
 }
 
 impl std::fmt::Debug for Job {
@@ -198,7 +172,9 @@ impl StoreHandle {
     pub fn spawn(store: Store) -> Self {
         let (jobs, mut rx) = mpsc::channel::<Job>(JOB_BUFFER);
         let permits = Arc::new(Semaphore::new(MAX_PARALLEL_JOBS));
+        let actor_store = store.clone();
         tokio::spawn(async move {
+            let store = actor_store;
             while let Some(job) = rx.recv().await {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
@@ -210,7 +186,18 @@ impl StoreHandle {
                 });
             }
         });
-        Self { jobs }
+        Self { jobs, store }
+    }
+
+    /// Starts a [`WriteSession`] for chunks that will arrive over time.
+    pub fn write_session<T: Send + 'static>(&self) -> WriteSession<T> {
+        WriteSession {
+            state: Arc::new(Mutex::new(SessionState {
+                writer: self.store.writer(),
+                tags: Vec::new(),
+            })),
+            uncommitted: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreActorError> {
@@ -225,14 +212,6 @@ impl StoreHandle {
     /// Chunks the image file at `path` into the store and pins it.
     pub async fn ingest(&self, path: PathBuf) -> Result<IngestReport, StoreActorError> {
         self.ask(|r| Job::Ingest(path, r)).await
-    }
-
-    /// Hashes each chunk against its claimed hash and stores those that match, in one commit.
-    pub async fn put_chunks(
-        &self,
-        chunks: Vec<(ChunkHash, Vec<u8>)>,
-    ) -> Result<Vec<ChunkVerdict>, StoreActorError> {
-        self.ask(|r| Job::PutChunks(chunks, r)).await
     }
 
     /// Reads chunks (verified on read); `None` for chunks not held.
@@ -284,5 +263,115 @@ impl StoreHandle {
         path: PathBuf,
     ) -> Result<ExportReport, StoreActorError> {
         self.ask(|r| Job::Export(id, path, r)).await
+    }
+}
+
+/// A write session for chunks that arrive over time from the network (a pull).
+///
+/// Many tasks hand in chunks concurrently with [`put`](WriteSession::put): each batch is hashed
+/// on the blocking pool (in parallel with other batches) and only the chunks that match their
+/// claimed hash are appended to one shared pack writer. Durability is batched: the caller calls
+/// [`commit`](WriteSession::commit) every so often (by bytes or time), which fsyncs and indexes
+/// everything appended so far in one transaction while appends go on. Until then appended
+/// chunks are neither visible in the store nor reported as durable: `commit` returns the tags
+/// of exactly the chunks it made durable, each chunk once (a second copy of a chunk is not
+/// new), so callers announce and count only what survives a crash.
+pub struct WriteSession<T> {
+    state: Arc<Mutex<SessionState<T>>>,
+    uncommitted: Arc<AtomicU64>,
+}
+
+struct SessionState<T> {
+    writer: ChunkWriter,
+    /// Tags of the new chunks appended since the last seal.
+    tags: Vec<T>,
+}
+
+impl<T> Clone for WriteSession<T> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            uncommitted: self.uncommitted.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for WriteSession<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteSession")
+            .field("uncommitted", &self.uncommitted.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The state is a writer and a list; a panic while holding it is a bug that the next
+    // commit's error (or the lost tags) makes visible, not a reason to stop every writer.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, StoreActorError> + Send + 'static,
+) -> Result<R, StoreActorError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreActorError::Task(e.to_string()))?
+}
+
+impl<T: Send + 'static> WriteSession<T> {
+    /// Hashes each chunk against its claimed hash and appends those that match (unless already
+    /// stored); one verdict per chunk, in order. A chunk that was new is tagged for the commit
+    /// that makes it durable.
+    pub async fn put(
+        &self,
+        chunks: Vec<(ChunkHash, Vec<u8>, T)>,
+    ) -> Result<Vec<ChunkVerdict>, StoreActorError> {
+        let state = self.state.clone();
+        let uncommitted = self.uncommitted.clone();
+        blocking(move || {
+            let mut verdicts = Vec::with_capacity(chunks.len());
+            let mut good = Vec::with_capacity(chunks.len());
+            for (hash, bytes, tag) in chunks {
+                match VerifiedChunk::verify(hash, bytes) {
+                    Ok(chunk) => {
+                        verdicts.push(ChunkVerdict::Stored);
+                        good.push((chunk, tag));
+                    }
+                    Err(_) => verdicts.push(ChunkVerdict::Corrupt),
+                }
+            }
+            let mut st = lock(&state);
+            for (chunk, tag) in good {
+                if st.writer.put(&chunk)? {
+                    st.tags.push(tag);
+                }
+            }
+            uncommitted.store(st.writer.uncommitted_bytes(), Ordering::Relaxed);
+            Ok(verdicts)
+        })
+        .await
+    }
+
+    /// Bytes appended and not yet handed to a commit.
+    pub fn uncommitted_bytes(&self) -> u64 {
+        self.uncommitted.load(Ordering::Relaxed)
+    }
+
+    /// Makes every chunk appended so far durable and visible; returns their tags. Appends may
+    /// continue meanwhile (they go to the next commit).
+    pub async fn commit(&self) -> Result<Vec<T>, StoreActorError> {
+        let state = self.state.clone();
+        let uncommitted = self.uncommitted.clone();
+        blocking(move || {
+            let (batch, tags) = {
+                let mut st = lock(&state);
+                let batch = st.writer.seal()?;
+                uncommitted.store(0, Ordering::Relaxed);
+                (batch, std::mem::take(&mut st.tags))
+            };
+            batch.commit()?;
+            Ok(tags)
+        })
+        .await
     }
 }

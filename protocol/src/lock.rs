@@ -2,7 +2,8 @@
 //! workspace version.
 //!
 //! This is the plain record and its verification only; leases, renewal and conflict
-//! resolution are built on it later. The `fencing_token` increases with every grant by an
+//! resolution are built on it in `vwnet-node`'s `locks` module (see `node/LOCKS.md`), over the
+//! `LockRequest`/`LockResponse` messages of `wire`. The `fencing_token` increases with every grant by an
 //! authority, so a consumer that remembers the highest token it has seen can refuse a stale
 //! holder even when clocks disagree. A release carries the token of the grant it ends.
 

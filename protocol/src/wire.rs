@@ -17,6 +17,8 @@
 //! | [`CHUNK_PROTOCOL`] | [`ChunkRequest`] → [`ChunkResponse`] |
 //! | [`MANIFEST_PROTOCOL`] | [`ManifestRequest`] → [`ManifestResponse`] |
 //! | [`CATALOG_PROTOCOL`] | [`CatalogRequest`] → [`CatalogResponse`] |
+//! | [`LOCK_PROTOCOL`] | [`LockRequest`] → [`LockResponse`] |
+//! | [`DEPLOY_PROTOCOL`] | [`DeployRequest`] → [`DeployResponse`] |
 //! | [`DESCRIPTIONS_TOPIC`], [`LOCKS_TOPIC`], [`PROVIDERS_TOPIC`] | [`GossipMessage`] |
 
 use serde::de::DeserializeOwned;
@@ -29,7 +31,7 @@ use crate::signed::{
     SignedDelegation, SignedDescription, SignedLockRecord, VerifiedDescription, VerifyError,
     hex_or_bytes,
 };
-use crate::time::Timestamp;
+use crate::time::{Span, Timestamp};
 
 /// Format version byte of every wire message.
 pub const WIRE_VERSION: u8 = 1;
@@ -485,6 +487,178 @@ impl WireMessage for CatalogResponse {
     }
 }
 
+/// Request-response protocol for taking, renewing and giving back a workspace's deploy lock
+/// at one of its lock authorities.
+pub const LOCK_PROTOCOL: &str = "/vwnet/lock/1";
+
+/// Longest lease a requester may ask for; authorities grant at most this.
+pub const MAX_LOCK_LEASE_SECS: u64 = 3600;
+
+/// Asks a lock authority about a workspace's deploy lock.
+///
+/// The requester is never named here: the authority takes it from the authenticated
+/// connection (the noise-verified peer id), so no one can ask on another node's behalf.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockRequest {
+    /// Grant me the lock with fencing token `token` for `lease`, if it is free, expired or
+    /// released here and `token` is higher than any token this authority has issued.
+    Acquire {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// The description version the requester deploys.
+        description_version: u64,
+        /// The proposed fencing token.
+        token: u64,
+        /// The lease wanted (at most [`MAX_LOCK_LEASE_SECS`]).
+        lease: Span,
+    },
+    /// Extend my current grant with this token by `lease` from now.
+    Renew {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// The token of the grant being renewed.
+        token: u64,
+        /// The lease wanted (at most [`MAX_LOCK_LEASE_SECS`]).
+        lease: Span,
+    },
+    /// End my grant with this token now.
+    Release {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// The token of the grant being ended.
+        token: u64,
+    },
+}
+
+impl WireMessage for LockRequest {
+    const NAME: &'static str = "lock request";
+    const MAX_LEN: usize = WorkspaceId::LEN + 3 * 10 + FRAMING;
+
+    fn validate(&self) -> Result<(), Violation> {
+        match self {
+            LockRequest::Acquire { lease, .. } | LockRequest::Renew { lease, .. } => {
+                if lease.as_secs() == 0 || lease.as_secs() > MAX_LOCK_LEASE_SECS {
+                    return Err(Violation(format!(
+                        "lease of {} s is outside 1..={MAX_LOCK_LEASE_SECS} s",
+                        lease.as_secs()
+                    )));
+                }
+                Ok(())
+            }
+            LockRequest::Release { .. } => Ok(()),
+        }
+    }
+}
+
+/// Why a lock authority did not grant, renew or release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum LockDenial {
+    /// Another grant is live here.
+    Held {
+        /// Its holder.
+        holder: PeerIdentity,
+        /// When it ends unless renewed.
+        until: Timestamp,
+        /// Its fencing token.
+        token: u64,
+    },
+    /// The proposed token is not above the highest this authority has issued; propose more.
+    TokenTooLow {
+        /// The highest token issued here.
+        last: u64,
+    },
+    /// The renewed or released grant is not the current one here (it ended, or another
+    /// grant followed it).
+    NotHeld {
+        /// The highest token issued here.
+        last: u64,
+    },
+    /// This node is not a lock authority of the workspace (as far as its catalog knows).
+    NotAuthority,
+    /// This node holds no description of the workspace.
+    UnknownWorkspace,
+}
+
+/// A lock authority's answer to a [`LockRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockResponse {
+    /// The grant (for `Acquire` and `Renew`) or the release, signed by the authority.
+    Record(SignedLockRecord),
+    /// Not done, and why.
+    Denied(LockDenial),
+    /// The request was declined.
+    Refused(Refusal),
+}
+
+impl WireMessage for LockResponse {
+    const NAME: &'static str = "lock response";
+    // A signed lock record is about 200 bytes; the rest is tags and varints.
+    const MAX_LEN: usize = 2 * FRAMING;
+}
+
+/// Request-response protocol by which a node asks another to deploy a workspace and resume it:
+/// the last step of a migration.
+pub const DEPLOY_PROTOCOL: &str = "/vwnet/deploy/1";
+
+/// Longest failure reason in a [`DeployResponse`].
+pub const MAX_DEPLOY_REASON_LEN: usize = 1024;
+
+/// Asks a node to deploy (and possibly resume) the workspace version `announcement` carries.
+/// The destination verifies and stores the description like any record from a peer, and
+/// decides with its own policy for the authenticated requester.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// The version to deploy, as its signer produced it.
+    pub announcement: DescriptionAnnouncement,
+    /// Unpause (hot) or boot (cold) it once deployed.
+    pub resume: bool,
+}
+
+impl WireMessage for DeployRequest {
+    const NAME: &'static str = "deploy request";
+    const MAX_LEN: usize = MAX_GOSSIP_LEN;
+}
+
+/// The answer to a [`DeployRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeployResponse {
+    /// Deployed (and resumed if asked).
+    Deployed {
+        /// The version deployed.
+        version: u64,
+        /// Its state there now.
+        state: crate::description::State,
+        /// Bytes the destination fetched from peers.
+        bytes_fetched: u64,
+        /// Bytes it already held.
+        bytes_local: u64,
+        /// Milliseconds it took.
+        millis: u64,
+    },
+    /// Not deployed; one line saying why (at most [`MAX_DEPLOY_REASON_LEN`] bytes).
+    Failed(String),
+    /// The request was declined.
+    Refused(Refusal),
+}
+
+impl WireMessage for DeployResponse {
+    const NAME: &'static str = "deploy response";
+    const MAX_LEN: usize = MAX_DEPLOY_REASON_LEN + FRAMING;
+
+    fn validate(&self) -> Result<(), Violation> {
+        match self {
+            DeployResponse::Failed(reason) if reason.len() > MAX_DEPLOY_REASON_LEN => {
+                Err(Violation(format!(
+                    "reason of {} bytes, at most {MAX_DEPLOY_REASON_LEN}",
+                    reason.len()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Decodes `bytes` as every message type and checks that whatever decodes re-encodes to the
 /// same bytes; never panics on any input unless that property breaks.
 ///
@@ -508,4 +682,8 @@ pub fn fuzz_decode(bytes: &[u8]) -> usize {
         + one::<GossipMessage>(bytes)
         + one::<CatalogRequest>(bytes)
         + one::<CatalogResponse>(bytes)
+        + one::<LockRequest>(bytes)
+        + one::<LockResponse>(bytes)
+        + one::<DeployRequest>(bytes)
+        + one::<DeployResponse>(bytes)
 }

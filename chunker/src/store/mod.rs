@@ -34,7 +34,7 @@ use vwnet_protocol::time::Timestamp;
 use crate::manifest::{Manifest, ManifestError};
 pub use gc::GcReport;
 use meta::{CHUNKS, DbResultExt, IMAGES, ImageRecord, Loc, MANIFESTS, PACKS, QUARANTINE};
-pub use pack::{ChunkWriter, PutError};
+pub use pack::{ChunkWriter, PutError, SealedBatch, VerifiedChunk};
 pub use verify::{CorruptChunk, ImageStatus, VerifyError, VerifyReport};
 
 /// Page cache of the metadata database.
@@ -375,6 +375,167 @@ impl Store {
             .then_some(buf))
     }
 
+    /// Reads several chunks (say, one network request's worth) with one index snapshot and one
+    /// set of open pack files; each is checked against its hash. `None` for a chunk that is not
+    /// stored or failed verification (it was quarantined and is now missing).
+    pub fn read_chunks(&self, hashes: &[ChunkHash]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut out = Vec::with_capacity(hashes.len());
+        let mut suspects = Vec::new();
+        {
+            let _shared = self
+                .inner
+                .pack_lock
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let txn = self.inner.db.begin_read().db()?;
+            let t = txn.open_table(CHUNKS).db()?;
+            let mut files = PackFiles::default();
+            for hash in hashes {
+                let Some(loc) = t
+                    .get(hash.as_bytes())
+                    .db()?
+                    .map(|v| Loc::from_bytes(v.value()))
+                else {
+                    out.push(None);
+                    continue;
+                };
+                let mut buf = Vec::new();
+                match self.read_loc(loc, &mut buf, &mut files) {
+                    Ok(()) if ChunkHash::of(&buf) == *hash => out.push(Some(buf)),
+                    Ok(()) => {
+                        suspects.push((
+                            *hash,
+                            loc,
+                            Some(buf),
+                            "bytes do not match the hash".into(),
+                        ));
+                        out.push(None);
+                    }
+                    Err(e) => {
+                        suspects.push((*hash, loc, None, format!("unreadable: {e}")));
+                        out.push(None);
+                    }
+                }
+            }
+        }
+        // Quarantine outside the shared pack lock (lock order: pack lock before write txn).
+        self.quarantine(&suspects)?;
+        Ok(out)
+    }
+
+    /// Appends the bytes of `hashes`, in order, to `out`, each checked against its hash, with one
+    /// index snapshot; chunks that lie back to back in a pack (as an ingest writes them) are
+    /// read with one `pread`. Returns `false`, with `out` in an unspecified state, if a chunk is
+    /// not stored. A chunk that fails verification is quarantined and reported as corrupt.
+    pub(crate) fn read_many_into(
+        &self,
+        hashes: &[ChunkHash],
+        out: &mut Vec<u8>,
+        files: &mut PackFiles,
+    ) -> Result<bool, ReadError> {
+        let failure = {
+            let _shared = self
+                .inner
+                .pack_lock
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let txn = self.inner.db.begin_read().db().map_err(StoreError::from)?;
+            let t = txn.open_table(CHUNKS).db().map_err(StoreError::from)?;
+            let mut locs = Vec::with_capacity(hashes.len());
+            for hash in hashes {
+                match t.get(hash.as_bytes()).db().map_err(StoreError::from)? {
+                    Some(v) => locs.push(Loc::from_bytes(v.value())),
+                    None => return Ok(false),
+                }
+            }
+            let base = out.len();
+            let mut i = 0;
+            let mut failure = None;
+            'spans: while i < locs.len() {
+                // The longest run of chunks contiguous in one pack starting at i.
+                let first = locs[i];
+                let mut end = i + 1;
+                let mut span_len = u64::from(first.len);
+                while let Some(next) = locs.get(end)
+                    && next.pack == first.pack
+                    && next.offset == first.offset + span_len
+                {
+                    span_len += u64::from(next.len);
+                    end += 1;
+                }
+                let start = out.len();
+                let span = Loc {
+                    pack: first.pack,
+                    offset: first.offset,
+                    len: u32::try_from(span_len).unwrap_or(u32::MAX),
+                };
+                if let Err(e) = self.read_span(span, span_len, out, files) {
+                    // Find out which chunk is unreadable: read them one by one.
+                    out.truncate(start);
+                    for (hash, loc) in hashes[i..end].iter().zip(&locs[i..end]) {
+                        let mut buf = Vec::new();
+                        if let Err(e1) = self.read_loc(*loc, &mut buf, files) {
+                            failure = Some((*hash, *loc, None, format!("unreadable: {e1}")));
+                            break 'spans;
+                        }
+                    }
+                    failure = Some((hashes[i], first, None, format!("unreadable: {e}")));
+                    break;
+                }
+                let mut at = start;
+                for (hash, loc) in hashes[i..end].iter().zip(&locs[i..end]) {
+                    let bytes = &out[at..at + loc.len as usize];
+                    if ChunkHash::of(bytes) != *hash {
+                        failure = Some((
+                            *hash,
+                            *loc,
+                            Some(bytes.to_vec()),
+                            "bytes do not match the hash".to_string(),
+                        ));
+                        break 'spans;
+                    }
+                    at += loc.len as usize;
+                }
+                i = end;
+            }
+            if failure.is_none() {
+                debug_assert_eq!(
+                    out.len() - base,
+                    locs.iter().map(|l| l.len as usize).sum::<usize>()
+                );
+                return Ok(true);
+            }
+            failure
+        };
+        // Quarantine outside the shared pack lock (lock order: pack lock before write txn).
+        let Some((hash, loc, bytes, reason)) = failure else {
+            return Ok(true);
+        };
+        self.quarantine(&[(hash, loc, bytes, reason.clone())])?;
+        Err(ReadError::Corrupt { hash, reason })
+    }
+
+    /// Appends `len` bytes at `span.offset` of pack `span.pack` to `out`.
+    fn read_span(
+        &self,
+        span: Loc,
+        len: u64,
+        out: &mut Vec<u8>,
+        files: &mut PackFiles,
+    ) -> io::Result<()> {
+        let file = match files.0.entry(span.pack) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(File::open(self.pack_path(span.pack))?)
+            }
+        };
+        let start = out.len();
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "span too long"))?;
+        out.resize(start + len, 0);
+        file.read_exact_at(&mut out[start..], span.offset)
+    }
+
     /// [`Store::read_chunk`] into a reused buffer, with pack handles cached in `files`.
     pub(crate) fn read_chunk_into(
         &self,
@@ -630,4 +791,59 @@ fn refresh_completeness(
         changed.push((id, rec.complete));
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    /// Three chunks written back to back (one span for `read_many_into`), the middle one then
+    /// damaged on disk: the batched readers must still name and quarantine exactly that chunk.
+    #[test]
+    fn batched_reads_verify_every_chunk_of_a_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let chunks: Vec<Vec<u8>> = (0..3u8)
+            .map(|k| {
+                (0..3000u32)
+                    .map(|i| (i as u8) ^ k.wrapping_mul(77))
+                    .collect()
+            })
+            .collect();
+        let hashes: Vec<ChunkHash> = chunks.iter().map(|c| ChunkHash::of(c)).collect();
+        let mut w = store.writer();
+        for (h, c) in hashes.iter().zip(&chunks) {
+            w.put_chunk(*h, c).unwrap();
+        }
+        w.commit().unwrap();
+        let mut out = Vec::new();
+        let mut files = PackFiles::default();
+        assert!(store.read_many_into(&hashes, &mut out, &mut files).unwrap());
+        assert_eq!(out, chunks.concat());
+
+        let loc = store.lookup(&hashes[1]).unwrap().unwrap();
+        let pack = fs::OpenOptions::new()
+            .write(true)
+            .open(store.pack_path(loc.pack))
+            .unwrap();
+        pack.write_all_at(b"X", loc.offset + 5).unwrap();
+        let mut out = Vec::new();
+        let mut files = PackFiles::default();
+        match store.read_many_into(&hashes, &mut out, &mut files) {
+            Err(ReadError::Corrupt { hash, .. }) => assert_eq!(hash, hashes[1]),
+            other => panic!("expected the middle chunk to be corrupt: {other:?}"),
+        }
+        // Quarantined: now missing, the others still read.
+        let got = store.read_chunks(&hashes).unwrap();
+        assert_eq!(got[0].as_deref(), Some(chunks[0].as_slice()));
+        assert_eq!(got[1], None);
+        assert_eq!(got[2].as_deref(), Some(chunks[2].as_slice()));
+        assert!(
+            !store
+                .read_many_into(&hashes, &mut Vec::new(), &mut files)
+                .unwrap()
+        );
+    }
 }

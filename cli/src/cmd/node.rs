@@ -15,7 +15,7 @@ use crate::context::Context;
 #[derive(Debug, Subcommand)]
 pub(crate) enum NodeCommand {
     /// Run the node in the foreground until SIGINT or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the running node's identity, addresses and peers.
     Status,
     /// Ask the running node to shut down cleanly.
@@ -63,6 +63,22 @@ pub(crate) struct RunArgs {
     /// Fault injection for tests: serve corrupted chunks (a malicious peer).
     #[arg(long, hide = true)]
     fault_corrupt_uploads: bool,
+    /// Hypervisor connection URI held for the node's lifetime [default: test:///default].
+    #[arg(long, value_name = "URI")]
+    hypervisor: Option<String>,
+    /// Access policy (TOML) for create, publish, deploy, manage [default: anyone publishes;
+    /// this home's user key, the node key and a workspace's owner create, deploy, manage].
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Largest minimum RAM (MiB) of a workspace created or deployed here.
+    #[arg(long, value_name = "MIB")]
+    max_ram_mib: Option<u64>,
+    /// Largest disk footprint (bytes) of a workspace created or deployed here.
+    #[arg(long, value_name = "BYTES")]
+    max_disk_bytes: Option<u64>,
+    /// Most workspaces created (or deployed) here at once.
+    #[arg(long, value_name = "N")]
+    max_workspaces: Option<u64>,
 }
 
 impl RunArgs {
@@ -81,7 +97,14 @@ impl RunArgs {
             .mdns(!self.no_mdns)
             .metrics(self.metrics)
             .limits(limits)
-            .fault_corrupt_uploads(self.fault_corrupt_uploads);
+            .fault_corrupt_uploads(self.fault_corrupt_uploads)
+            .hypervisor(self.hypervisor)
+            .policy_file(self.policy)
+            .resource_limits(vwnet_node::policy::ResourceLimits {
+                max_ram_mib: self.max_ram_mib,
+                max_disk_bytes: self.max_disk_bytes,
+                max_workspaces: self.max_workspaces,
+            });
         for addr in self.listen {
             builder = builder.listen(addr);
         }
@@ -136,7 +159,7 @@ fn init_logs() {
 pub(crate) fn run(cmd: NodeCommand, ctx: &Context) -> anyhow::Result<()> {
     match cmd {
         NodeCommand::Run(args) => {
-            let config = args.into_config(&ctx.home)?;
+            let config = (*args).into_config(&ctx.home)?;
             init_logs();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -48,7 +48,8 @@ pub(crate) struct PullArgs {
     workspace: String,
 }
 
-fn ingest(ctx: &Context, file: &Path) -> anyhow::Result<ImageRef> {
+/// Asks the running node to ingest `file` into its store.
+pub(crate) fn ingest(ctx: &Context, file: &Path) -> anyhow::Result<ImageRef> {
     let path =
         std::path::absolute(file).with_context(|| format!("{}: bad path", file.display()))?;
     if !path.is_file() {
@@ -74,6 +75,12 @@ pub(crate) fn publish(args: PublishArgs, ctx: &Context) -> anyhow::Result<()> {
             desc.owner.short(),
             identity.public().short()
         );
+    }
+    // Naming no lock authority means "the publishing node": write that node in, so that the
+    // signed description tells every node who may grant its locks.
+    if desc.lock_authorities.is_empty() {
+        desc.lock_authorities
+            .push(crate::cmd::lock::node_identity(ctx)?);
     }
     desc.image.disk = Some(ingest(ctx, &args.image)?);
     desc.image.memory_state = match &args.memory_state {
@@ -103,6 +110,19 @@ pub(crate) fn publish(args: PublishArgs, ctx: &Context) -> anyhow::Result<()> {
     }
 }
 
+/// `  EXPIRED at T`, `  expires T`, plus `  pinned`: what `ls` and `inspect` say of a lifetime.
+fn lifetime_note(s: &WorkspaceSummary) -> String {
+    let mut note = match s.expires_at {
+        Some(at) if s.expired => format!("  EXPIRED at {at}"),
+        Some(at) => format!("  expires {at}"),
+        None => String::new(),
+    };
+    if s.pinned {
+        note.push_str("  pinned");
+    }
+    note
+}
+
 fn summary_line(s: &WorkspaceSummary) -> String {
     let held = if s.size == 0 {
         100.0
@@ -110,7 +130,7 @@ fn summary_line(s: &WorkspaceSummary) -> String {
         s.local_bytes as f64 * 100.0 / s.size as f64
     };
     format!(
-        "{}  {:<20} v{:<4} {:>10}  {:>5.1}% local  owner {}{}",
+        "{}  {:<20} v{:<4} {:>10}  {:>5.1}% local  owner {}{}{}{}",
         s.workspace.short(),
         s.name,
         s.version,
@@ -121,7 +141,12 @@ fn summary_line(s: &WorkspaceSummary) -> String {
             "  (published here)"
         } else {
             ""
-        }
+        },
+        s.live_state
+            .as_ref()
+            .map(|state| format!("  [{state} here]"))
+            .unwrap_or_default(),
+        lifetime_note(s)
     )
 }
 
@@ -157,6 +182,10 @@ pub(crate) fn inspect(args: InspectArgs, ctx: &Context) -> anyhow::Result<()> {
                 d.signature,
                 d.signer
             );
+            match &d.lock {
+                Some(l) => out.push_str(&format!("{}\n", crate::cmd::lock::describe(l))),
+                None => out.push_str("lock: no lock record known\n"),
+            }
             for image in &d.images {
                 out.push_str(&format!(
                     "image {} ({}): {} provider(s)\n",

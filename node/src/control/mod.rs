@@ -68,6 +68,56 @@ pub enum Request {
     },
     /// Asks the node to shut down cleanly.
     Shutdown,
+    /// Creates a workspace: the factory checks the policy, then publishes it.
+    Create {
+        /// The signed version-1 description (canonical bytes of a `SignedDescription`).
+        signed: Vec<u8>,
+        /// Attribute certificates the creator presents (canonical signed bytes).
+        certs: Vec<Vec<u8>>,
+    },
+    /// Pins (keeps its chunks past expiry) or unpins a workspace.
+    Pin {
+        /// Workspace id, unique hex prefix, or name.
+        workspace: String,
+        /// Pin (`true`) or unpin.
+        pinned: bool,
+    },
+    /// Garbage-collects the store: chunks of expired, unpinned workspaces and unpinned images.
+    Gc,
+    /// Publishes a renewal (`vwnet extend`): a newer version with the same images. Unlike
+    /// [`Request::Publish`] it does not need the images locally: they may have been collected
+    /// while the workspace was expired, and other nodes may still hold them.
+    Extend {
+        /// The signed new version.
+        signed: Vec<u8>,
+        /// The owner's delegation, when a manager (not the owner) signed.
+        delegation: Option<Vec<u8>>,
+        /// Attribute certificates a manager presents to the policy (action `manage`).
+        certs: Vec<Vec<u8>>,
+    },
+    /// The signed description the catalog holds (its highest version), e.g. to derive a clone
+    /// or a renewal from it exactly.
+    Signed {
+        /// Workspace id, unique hex prefix, or name.
+        workspace: String,
+    },
+    /// Takes a workspace's deploy lock (and keeps renewing it until released).
+    LockAcquire {
+        /// Workspace id, unique hex prefix, or name.
+        workspace: String,
+    },
+    /// Releases a deploy lock this node holds.
+    LockRelease {
+        /// Workspace id, unique hex prefix, or name.
+        workspace: String,
+    },
+    /// Shows what is known about a workspace's deploy lock.
+    LockShow {
+        /// Workspace id, unique hex prefix, or name.
+        workspace: String,
+    },
+    /// Deploys or manages a workspace on this node's hypervisor.
+    Manage(crate::manager::api::ManageRequest),
 }
 
 /// What the node answers.
@@ -101,12 +151,34 @@ pub enum Response {
     Done,
     /// The request failed; one line saying why.
     Error(String),
+    /// Answer to [`Request::Pin`].
+    Pinned {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// Whether it is pinned now.
+        pinned: bool,
+    },
+    /// Answer to [`Request::Gc`].
+    Collected(crate::lifetime::GcSummary),
+    /// Answer to [`Request::Signed`].
+    Signed {
+        /// Canonical bytes of the `SignedDescription`.
+        signed: Vec<u8>,
+        /// Canonical bytes of the owner's delegation, when a delegate signed.
+        delegation: Option<Vec<u8>>,
+    },
+    /// Answer to [`Request::LockAcquire`] and [`Request::LockShow`] (`None`: nothing known).
+    Lock(Option<LockInfo>),
+    /// Final answer to [`Request::Manage`].
+    Manage(crate::manager::api::ManageResponse),
+    /// An intermediate report of a manager operation: a step finished.
+    Step(crate::manager::api::StepProgress),
 }
 
 impl Response {
     /// Whether this record ends an exchange (everything but progress does).
     pub fn is_final(&self) -> bool {
-        !matches!(self, Response::Progress(_))
+        !matches!(self, Response::Progress(_) | Response::Step(_))
     }
 }
 
@@ -153,6 +225,14 @@ pub struct WorkspaceSummary {
     pub local_bytes: u64,
     /// Whether this node published it.
     pub published_here: bool,
+    /// When its lifeCycle ends (`None`: never).
+    pub expires_at: Option<vwnet_protocol::time::Timestamp>,
+    /// Whether its lifeCycle has passed: it cannot be deployed and its chunks are collectable.
+    pub expired: bool,
+    /// Whether it is pinned on this node (its chunks survive expiry).
+    pub pinned: bool,
+    /// Its live state when deployed on this node (`running`, `paused`, `shutdown`).
+    pub live_state: Option<String>,
 }
 
 /// What `vwnet inspect` shows.
@@ -168,6 +248,31 @@ pub struct WorkspaceDetail {
     pub signature: String,
     /// Per image: its id and the peers known to provide it.
     pub images: Vec<ImageProviders>,
+    /// Its deploy lock, if any lock record is known.
+    pub lock: Option<LockInfo>,
+}
+
+/// A workspace's deploy lock as this node knows it: the highest verified lock record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// The workspace.
+    pub workspace: WorkspaceId,
+    /// The holder's identity (hex).
+    pub holder: String,
+    /// The fencing token of the grant.
+    pub token: u64,
+    /// The description version the holder deploys.
+    pub description_version: u64,
+    /// When it was granted.
+    pub granted_at: vwnet_protocol::time::Timestamp,
+    /// When it ends unless renewed (for a release: when it was released).
+    pub expires_at: vwnet_protocol::time::Timestamp,
+    /// The authority that signed the record (hex).
+    pub authority: String,
+    /// `held`, `expired` or `released`.
+    pub state: String,
+    /// When this node holds a lease on it: `valid`, or why its fencing check fails.
+    pub this_node: Option<String>,
 }
 
 /// Who provides one image.
@@ -199,11 +304,15 @@ pub struct PullSummary {
     pub workspace: WorkspaceId,
     /// Its version.
     pub version: u64,
-    /// Bytes fetched from peers.
+    /// Bytes fetched from peers and stored, each distinct chunk counted once.
     pub bytes_fetched: u64,
-    /// Bytes that were already held locally.
+    /// Bytes of distinct non-zero chunks that were already held locally.
     pub bytes_local: u64,
-    /// Bytes fetched per peer id.
+    /// Bytes of all-zero chunks: never transferred or stored (export writes holes).
+    #[serde(default)]
+    pub bytes_zero: u64,
+    /// Bytes fetched per peer id, credited to the peer whose copy was stored; sums to
+    /// `bytes_fetched`.
     pub per_peer: Vec<(String, u64)>,
     /// Duration in milliseconds.
     pub millis: u64,

@@ -16,7 +16,14 @@
 //!   peer has a bounded number of requests and bytes in flight, and so has the whole download.
 //!   Faster peers free their slots sooner and so get more requests.
 //! - **Timeouts**: a request past its deadline is dropped and its chunks re-queued; the peer
-//!   backs off exponentially and then gets one request at a time until it delivers again.
+//!   backs off exponentially and then gets one request at a time until it delivers again. A
+//!   deadline measures silence, not total time: every delivery from a peer pushes the deadlines
+//!   of its other requests to at least `request_timeout` from then, since a peer that serves
+//!   requests one after the other (say, behind an upload rate limit) is slow, not dead.
+//! - **Sizing to the rate**: each peer's delivery rate is estimated from its responses; its
+//!   bytes in flight are capped at what it delivers in half a `request_timeout`, and a request
+//!   at half that, so a slow peer is never asked for more than it can send before the deadline.
+//!   Until a peer first delivers, it gets at most [`INITIAL_REQUESTS`] requests.
 //! - **Corruption**: a chunk that fails verification bans its sender for a while; the chunk is
 //!   re-queued and fetched elsewhere. A peer that reports a chunk missing stops counting as its
 //!   holder.
@@ -64,6 +71,12 @@ const DONE: u8 = 255;
 /// How far down the rarity order a partial peer's chunks are looked for before switching to a
 /// bitset intersection; large enough that a peer holding a fair share is found at once.
 const SCAN_CAP: usize = 2048;
+
+/// Requests a peer gets before its first delivery gives an estimate of its rate.
+pub const INITIAL_REQUESTS: u32 = 2;
+
+/// Weight of a new sample in a peer's rate estimate (exponential moving average).
+const RATE_SAMPLE_WEIGHT: f64 = 0.3;
 
 /// Identifies one request from this downloader; the driver maps it to its transport's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,7 +126,8 @@ pub enum Action<P> {
         chunks: Vec<ChunkIdx>,
         /// Their total length.
         bytes: u64,
-        /// When the downloader will consider the request timed out.
+        /// When the downloader will consider the request timed out, unless the peer delivers
+        /// something meanwhile (which extends it).
         deadline: Duration,
     },
     /// The downloader gave up on this request (timed out, or every chunk in it arrived from
@@ -225,6 +239,10 @@ struct Peer<P> {
     /// Set when a pick found nothing for this peer in this requeue generation: skip it until it
     /// announces new chunks or chunks are re-queued.
     dull_gen: Option<u64>,
+    /// Estimated delivery rate in bytes per second; `None` until the first delivery.
+    rate: Option<f64>,
+    /// When the peer last delivered: a pipelined response's service time starts there.
+    last_delivery: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -234,6 +252,7 @@ struct Req {
     /// Ascending, so that responses find their chunk by binary search.
     chunks: Vec<u32>,
     bytes: u64,
+    sent: Duration,
     deadline: Duration,
 }
 
@@ -390,6 +409,8 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             backoff_until: None,
             in_ready: false,
             dull_gen: None,
+            rate: None,
+            last_delivery: None,
         });
         self.slot_of.insert(peer.clone(), slot);
         self.peer_stats.entry(peer).or_default();
@@ -462,6 +483,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         let mut handled = vec![false; req.as_ref().map_or(0, |r| r.chunks.len())];
         let mut corrupt = false;
         let mut delivered = false;
+        let mut delivered_bytes = 0u64;
         for (ChunkIdx(c), outcome) in outcomes {
             if c as usize >= self.state.len() {
                 self.stats.unexpected_chunks += 1;
@@ -480,6 +502,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             match outcome {
                 ChunkOutcome::Verified => {
                     delivered = true;
+                    delivered_bytes += u64::from(self.table.lens()[c as usize]);
                     self.chunk_verified(peer, c, in_request);
                 }
                 ChunkOutcome::Missing => {
@@ -519,8 +542,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
                 }
             }
         }
-        if delivered && let Some(p) = slot.and_then(|s| self.peers[s as usize].as_mut()) {
-            p.strikes = 0;
+        if delivered && let Some(slot) = slot {
+            let sent = req.as_ref().map(|r| r.sent);
+            self.on_delivery(slot, sent, delivered_bytes);
         }
         if corrupt {
             self.ban(peer.clone());
@@ -995,17 +1019,73 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         self.dirty = true;
     }
 
+    /// The peer in `slot` delivered `bytes` (of a request sent at `sent`, if it was still
+    /// live): clear its strikes, update its rate, and extend its other requests' deadlines.
+    fn on_delivery(&mut self, slot: u32, sent: Option<Duration>, bytes: u64) {
+        let now = self.now;
+        let Some(p) = self.peers[slot as usize].as_mut() else {
+            return;
+        };
+        p.strikes = 0;
+        if let Some(sent) = sent {
+            // Pipelined requests are served one after another: this one's service started when
+            // it was sent or when the previous delivery ended, whichever is later.
+            let start = p.last_delivery.map_or(sent, |l| l.max(sent));
+            let secs = now.saturating_sub(start).as_secs_f64();
+            if secs > 0.0 {
+                let sample = bytes as f64 / secs;
+                p.rate = Some(match p.rate {
+                    Some(r) => r + RATE_SAMPLE_WEIGHT * (sample - r),
+                    None => sample,
+                });
+            } else if p.rate.is_none() {
+                // Delivered in no measurable time: as fast as it gets.
+                p.rate = Some(f64::INFINITY);
+            }
+        }
+        p.last_delivery = Some(now);
+        let epoch = p.epoch;
+        let until = now + self.config.request_timeout;
+        for (&id, r) in self.requests.iter_mut() {
+            if r.slot == slot && r.epoch == epoch && r.deadline < until {
+                r.deadline = until;
+                self.timers.push(Reverse((until, Timer::Request(id))));
+            }
+        }
+    }
+
+    /// The most bytes the peer may have in flight: what it delivers in half a request timeout
+    /// (at least one chunk), within the configured limit.
+    fn byte_cap(&self, p: &Peer<P>) -> u64 {
+        let max = self.config.max_bytes_per_peer;
+        match p.rate {
+            Some(rate) => {
+                let window = self.config.request_timeout.as_secs_f64() / 2.0;
+                let cap = rate * window;
+                let floor = u64::from(self.table.max_chunk_len());
+                if cap >= max as f64 {
+                    max
+                } else {
+                    (cap as u64).clamp(floor.min(max), max)
+                }
+            }
+            None => max,
+        }
+    }
+
     /// Whether the peer may get another request now.
     fn can_send(&self, p: &Peer<P>) -> bool {
         let max_chunk = u64::from(self.table.max_chunk_len());
         let max_requests = if p.strikes > 0 {
             1
+        } else if p.rate.is_none() {
+            self.config.max_requests_per_peer.min(INITIAL_REQUESTS)
         } else {
             self.config.max_requests_per_peer
         };
         p.backoff_until.is_none()
             && p.requests < max_requests
-            && p.bytes + max_chunk <= self.config.max_bytes_per_peer
+            && (p.requests == 0 || p.bytes + max_chunk <= self.byte_cap(p))
     }
 
     fn global_room(&self) -> bool {
@@ -1036,9 +1116,14 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             if !endgame && p.dull_gen == Some(self.requeue_gen) {
                 continue;
             }
+            let cap = self.byte_cap(p);
+            // A request of half the cap keeps a second one queued behind it at the peer.
+            let max_chunk = u64::from(self.table.max_chunk_len());
             let budget = self
                 .config
                 .max_request_bytes
+                .min((cap / 2).max(max_chunk))
+                .min(cap.saturating_sub(p.bytes).max(max_chunk))
                 .min(self.config.max_bytes_per_peer - p.bytes)
                 .min(self.config.max_bytes_in_flight - self.bytes_in_flight);
             let batch = if endgame {
@@ -1231,6 +1316,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
                 epoch,
                 chunks,
                 bytes,
+                sent: self.now,
                 deadline,
             },
         );

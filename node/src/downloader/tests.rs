@@ -248,3 +248,67 @@ fn empty_answer_backs_off_instead_of_spinning() {
     assert_eq!(d.stats().failures, 1);
     assert_eq!(d.chunk_state(reqs[0].2[0]), Some(ChunkState::Queued));
 }
+
+/// Regression (#4): a peer that serves its requests one after the other (say, behind an upload
+/// rate limit) timed out on the later ones although it was delivering all along.
+#[test]
+fn rate_limited_peer_that_keeps_delivering_does_not_time_out() {
+    let mut d = Downloader::new(config().build().unwrap(), table(100, 1024), []).unwrap();
+    d.add_peer(Duration::ZERO, 1, Holds::Everything).unwrap();
+    let reqs = requests(&drain(&mut d, Duration::ZERO));
+    assert_eq!(reqs.len(), 2);
+    // The first answer arrives just before the 1 s deadline; the second request waited behind
+    // it, so its own deadline moves to a full timeout after this delivery.
+    let t = 900 * MS;
+    d.on_response(t, &1, reqs[0].1, ok(&reqs[0].2));
+    let acts = drain(&mut d, 1500 * MS);
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::Cancel { .. })),
+        "{acts:?}"
+    );
+    d.on_response(1800 * MS, &1, reqs[1].1, ok(&reqs[1].2));
+    assert_eq!(d.stats().timeouts, 0);
+    assert_eq!(d.stats().chunks_done, 8);
+    // A peer that falls silent still times out a full timeout after its last delivery.
+    let later = requests(&drain(&mut d, 1800 * MS));
+    assert!(!later.is_empty());
+    let acts = drain(&mut d, 1800 * MS + Duration::from_secs(1));
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::Cancel { .. })),
+        "{acts:?}"
+    );
+    assert!(d.stats().timeouts >= 1);
+}
+
+/// A slow peer gets requests it can answer well within the timeout: bytes in flight are capped
+/// at half a timeout's worth of its measured rate.
+#[test]
+fn requests_are_sized_to_a_slow_peers_rate() {
+    let mut d = Downloader::new(config().build().unwrap(), table(100, 1024), []).unwrap();
+    d.add_peer(Duration::ZERO, 1, Holds::Everything).unwrap();
+    let reqs = requests(&drain(&mut d, Duration::ZERO));
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs.iter().all(|r| r.2.len() == 4));
+    // 4 KiB per ~second: about 4 KiB/s, so half a 1 s timeout is ~2 KiB.
+    d.on_response(990 * MS, &1, reqs[0].1, ok(&reqs[0].2));
+    assert!(
+        requests(&drain(&mut d, 990 * MS)).is_empty(),
+        "4 KiB still in flight"
+    );
+    d.on_response(1980 * MS, &1, reqs[1].1, ok(&reqs[1].2));
+    let next = requests(&drain(&mut d, 1980 * MS));
+    assert_eq!(next.len(), 2, "{next:?}");
+    assert!(next.iter().all(|r| r.2.len() == 1), "{next:?}");
+    assert_eq!(d.in_flight(&1), Some((2, 2048)));
+    // A fast peer is not held back: it gets full requests again.
+    d.add_peer(1980 * MS, 2, Holds::Everything).unwrap();
+    let fast = requests(&drain(&mut d, 1980 * MS));
+    assert_eq!(fast.len(), 2);
+    d.on_response(1981 * MS, &2, fast[0].1, ok(&fast[0].2));
+    d.on_response(1981 * MS, &2, fast[1].1, ok(&fast[1].2));
+    let again = requests(&drain(&mut d, 1981 * MS));
+    assert!(
+        again.iter().any(|r| r.0 == 2 && r.2.len() == 4),
+        "{again:?}"
+    );
+}

@@ -15,7 +15,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, allow_block_list, identify, mdns, ping};
 use vwnet_protocol::wire::MAX_GOSSIP_LEN;
 
-use super::protocols::{CatalogCodec, ChunkCodec, ManifestCodec, names};
+use super::protocols::{CatalogCodec, ChunkCodec, DeployCodec, LockCodec, ManifestCodec, names};
 use crate::config::NodeConfig;
 
 /// Identify protocol version: peers with another major version are not vwnet peers.
@@ -23,6 +23,12 @@ pub const IDENTIFY_PROTOCOL: &str = "/vwnet/id/1";
 
 /// Kademlia protocol name: a private DHT, so vwnet keys never mix with the public IPFS DHT.
 pub const KAD_PROTOCOL: &str = "/vwnet/kad/1";
+
+/// Longest a lock request may wait for its answer.
+const LOCK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a deploy request may wait for its answer (a pull of a large image included).
+const DEPLOY_REQUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Why the behaviour could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +63,10 @@ pub struct Behaviour {
     pub manifests: request_response::Behaviour<ManifestCodec>,
     /// Catalog exchange on connect.
     pub catalog: request_response::Behaviour<CatalogCodec>,
+    /// Lock acquire/renew/release at a workspace's lock authorities.
+    pub locks: request_response::Behaviour<LockCodec>,
+    /// Deploy-and-resume requests between nodes (the end of a migration).
+    pub deploys: request_response::Behaviour<DeployCodec>,
 }
 
 /// The gossipsub topics a node subscribes to.
@@ -131,6 +141,24 @@ impl Behaviour {
             )],
             rr(timeout, 16),
         );
+        // Lock requests are tiny and answered from one database lookup; a slow answer is as
+        // good as none (a renewal must land well within the lease), so their timeout is short.
+        let locks = request_response::Behaviour::new(
+            [(
+                StreamProtocol::new(names::LOCK_PROTOCOL),
+                ProtocolSupport::Full,
+            )],
+            rr(timeout.min(LOCK_REQUEST_TIMEOUT), 16),
+        );
+
+        // A deploy asked by a peer pulls and materialises a whole image before it answers.
+        let deploys = request_response::Behaviour::new(
+            [(
+                StreamProtocol::new(names::DEPLOY_PROTOCOL),
+                ProtocolSupport::Full,
+            )],
+            rr(DEPLOY_REQUEST_TIMEOUT, 4),
+        );
 
         Ok(Self {
             blocked: allow_block_list::Behaviour::default(),
@@ -142,6 +170,8 @@ impl Behaviour {
             chunks,
             manifests,
             catalog,
+            locks,
+            deploys,
         })
     }
 }

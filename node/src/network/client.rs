@@ -13,7 +13,8 @@ use libp2p::{Multiaddr, PeerId, kad};
 use tokio::sync::{mpsc, oneshot};
 
 use super::protocols::{
-    CatalogRequest, CatalogResponse, ChunkRequest, ChunkResponse, ManifestRequest, ManifestResponse,
+    CatalogRequest, CatalogResponse, ChunkRequest, ChunkResponse, DeployRequest, DeployResponse,
+    LockRequest, LockResponse, ManifestRequest, ManifestResponse,
 };
 use super::{Command, GossipTopic, NetworkError, NetworkInfo, RequestError};
 
@@ -141,6 +142,53 @@ impl Client {
             reply,
         })
         .await
+    }
+
+    /// Asks the lock authority `peer` to grant, renew or release a lock.
+    pub async fn request_lock(
+        &self,
+        peer: PeerId,
+        request: LockRequest,
+    ) -> Result<LockResponse, RequestError> {
+        self.request(|reply| Command::RequestLock {
+            peer,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    /// Answers an inbound lock request.
+    pub async fn respond_lock(
+        &self,
+        channel: ResponseChannel<LockResponse>,
+        response: LockResponse,
+    ) -> Result<(), NetworkError> {
+        self.send(Command::RespondLock { channel, response }).await
+    }
+
+    /// Asks `peer` to deploy and resume a workspace.
+    pub async fn request_deploy(
+        &self,
+        peer: PeerId,
+        request: DeployRequest,
+    ) -> Result<DeployResponse, RequestError> {
+        self.request(|reply| Command::RequestDeploy {
+            peer,
+            request: Box::new(request),
+            reply,
+        })
+        .await
+    }
+
+    /// Answers an inbound deploy request.
+    pub async fn respond_deploy(
+        &self,
+        channel: ResponseChannel<DeployResponse>,
+        response: DeployResponse,
+    ) -> Result<(), NetworkError> {
+        self.send(Command::RespondDeploy { channel, response })
+            .await
     }
 
     /// Answers an inbound chunk request.

@@ -19,7 +19,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, trace, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, topics};
-use super::protocols::{CatalogResponse, ChunkResponse, ManifestResponse};
+use super::protocols::{
+    CatalogResponse, ChunkResponse, DeployResponse, LockResponse, ManifestResponse,
+};
 use super::{Command, Event, GossipTopic, InboundRequest, NetworkError, NetworkInfo, RequestError};
 
 type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
@@ -35,6 +37,8 @@ pub struct EventLoop {
     pending_chunks: HashMap<OutboundRequestId, Reply<ChunkResponse>>,
     pending_manifests: HashMap<OutboundRequestId, Reply<ManifestResponse>>,
     pending_catalog: HashMap<OutboundRequestId, Reply<CatalogResponse>>,
+    pending_locks: HashMap<OutboundRequestId, Reply<LockResponse>>,
+    pending_deploys: HashMap<OutboundRequestId, Reply<DeployResponse>>,
     /// Whether a Kademlia bootstrap has been started since the routing table was empty.
     bootstrapped: bool,
 }
@@ -56,6 +60,8 @@ impl EventLoop {
             pending_chunks: HashMap::new(),
             pending_manifests: HashMap::new(),
             pending_catalog: HashMap::new(),
+            pending_locks: HashMap::new(),
+            pending_deploys: HashMap::new(),
             bootstrapped: false,
         }
     }
@@ -251,6 +257,32 @@ impl EventLoop {
                     self.emit(Event::Inbound(request));
                 }
             }
+            BehaviourEvent::Locks(event) => {
+                if let Some(request) =
+                    inbound(event, &mut self.pending_locks, |peer, request, channel| {
+                        InboundRequest::Lock {
+                            peer,
+                            request,
+                            channel,
+                        }
+                    })
+                {
+                    self.emit(Event::Inbound(request));
+                }
+            }
+            BehaviourEvent::Deploys(event) => {
+                if let Some(request) = inbound(
+                    event,
+                    &mut self.pending_deploys,
+                    |peer, request, channel| InboundRequest::Deploy {
+                        peer,
+                        request: Box::new(request),
+                        channel,
+                    },
+                ) {
+                    self.emit(Event::Inbound(request));
+                }
+            }
             other => trace!(?other, "behaviour event"),
         }
     }
@@ -362,6 +394,28 @@ impl EventLoop {
             } => {
                 let id = behaviour.catalog.send_request(&peer, request);
                 self.pending_catalog.insert(id, reply);
+            }
+            Command::RequestLock {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = behaviour.locks.send_request(&peer, request);
+                self.pending_locks.insert(id, reply);
+            }
+            Command::RespondLock { channel, response } => {
+                let _ = behaviour.locks.send_response(channel, response);
+            }
+            Command::RequestDeploy {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = behaviour.deploys.send_request(&peer, *request);
+                self.pending_deploys.insert(id, reply);
+            }
+            Command::RespondDeploy { channel, response } => {
+                let _ = behaviour.deploys.send_response(channel, response);
             }
             Command::RespondChunks { channel, response } => {
                 // Err means the peer went away or the request timed out: nothing to do.

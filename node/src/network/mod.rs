@@ -30,7 +30,8 @@ pub use behaviour::Behaviour;
 pub use client::Client;
 pub use event_loop::EventLoop;
 use protocols::{
-    CatalogRequest, CatalogResponse, ChunkRequest, ChunkResponse, ManifestRequest, ManifestResponse,
+    CatalogRequest, CatalogResponse, ChunkRequest, ChunkResponse, DeployRequest, DeployResponse,
+    LockRequest, LockResponse, ManifestRequest, ManifestResponse,
 };
 
 use crate::config::NodeConfig;
@@ -50,6 +51,13 @@ pub fn keypair(identity: &Identity) -> Keypair {
         Ok(k) => k,
         Err(e) => unreachable!("a 32-byte ed25519 secret is always valid: {e}"),
     }
+}
+
+/// The peer id of a protocol identity (the inverse of [`peer_identity`]); `None` for bytes
+/// that are not an ed25519 public key.
+pub fn peer_id_of(identity: &vwnet_protocol::ids::PeerIdentity) -> Option<PeerId> {
+    let ed = libp2p::identity::ed25519::PublicKey::try_from_bytes(identity.as_bytes()).ok()?;
+    Some(libp2p::identity::PublicKey::from(ed).to_peer_id())
 }
 
 /// The protocol identity behind a peer id, when the peer id embeds an ed25519 key (all vwnet
@@ -222,6 +230,38 @@ pub enum Command {
         /// The answer.
         reply: oneshot::Sender<Result<CatalogResponse, RequestError>>,
     },
+    /// Ask a lock authority to grant, renew or release a lock.
+    RequestLock {
+        /// The authority.
+        peer: PeerId,
+        /// The request.
+        request: LockRequest,
+        /// The answer.
+        reply: oneshot::Sender<Result<LockResponse, RequestError>>,
+    },
+    /// Answer an inbound lock request.
+    RespondLock {
+        /// Where the answer goes.
+        channel: ResponseChannel<LockResponse>,
+        /// The answer.
+        response: LockResponse,
+    },
+    /// Ask a node to deploy and resume a workspace.
+    RequestDeploy {
+        /// The destination.
+        peer: PeerId,
+        /// The request.
+        request: Box<DeployRequest>,
+        /// The answer.
+        reply: oneshot::Sender<Result<DeployResponse, RequestError>>,
+    },
+    /// Answer an inbound deploy request.
+    RespondDeploy {
+        /// Where the answer goes.
+        channel: ResponseChannel<DeployResponse>,
+        /// The answer.
+        response: DeployResponse,
+    },
     /// Answer an inbound chunk request.
     RespondChunks {
         /// Where the answer goes.
@@ -286,6 +326,24 @@ pub enum InboundRequest {
         /// Where to answer.
         channel: ResponseChannel<CatalogResponse>,
     },
+    /// A lock operation asked of us as a lock authority.
+    Lock {
+        /// Who asks (authenticated by the connection: the requester's identity).
+        peer: PeerId,
+        /// What.
+        request: LockRequest,
+        /// Where to answer.
+        channel: ResponseChannel<LockResponse>,
+    },
+    /// A peer asks us to deploy and resume a workspace (a migration's end).
+    Deploy {
+        /// Who asks (authenticated by the connection).
+        peer: PeerId,
+        /// What.
+        request: Box<DeployRequest>,
+        /// Where to answer.
+        channel: ResponseChannel<DeployResponse>,
+    },
 }
 
 impl InboundRequest {
@@ -294,7 +352,9 @@ impl InboundRequest {
         match self {
             Self::Chunks { peer, .. }
             | Self::Manifest { peer, .. }
-            | Self::Catalog { peer, .. } => *peer,
+            | Self::Catalog { peer, .. }
+            | Self::Lock { peer, .. }
+            | Self::Deploy { peer, .. } => *peer,
         }
     }
 }

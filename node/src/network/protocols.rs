@@ -2,7 +2,8 @@
 //! `vwnet_protocol::wire` (which owns the names, the messages and their size caps).
 
 pub use vwnet_protocol::wire::{
-    CatalogRequest, CatalogResponse, ChunkRequest, ChunkResponse, ManifestRequest, ManifestResponse,
+    CatalogRequest, CatalogResponse, ChunkRequest, ChunkResponse, DeployRequest, DeployResponse,
+    LockRequest, LockResponse, ManifestRequest, ManifestResponse,
 };
 
 use super::codec::CappedCodec;
@@ -10,8 +11,8 @@ use super::codec::CappedCodec;
 /// Protocol and topic names, re-exported from the wire module.
 pub mod names {
     pub use vwnet_protocol::wire::{
-        CATALOG_PROTOCOL, CHUNK_PROTOCOL, DESCRIPTIONS_TOPIC, LOCKS_TOPIC, MANIFEST_PROTOCOL,
-        PROVIDERS_TOPIC,
+        CATALOG_PROTOCOL, CHUNK_PROTOCOL, DEPLOY_PROTOCOL, DESCRIPTIONS_TOPIC, LOCK_PROTOCOL,
+        LOCKS_TOPIC, MANIFEST_PROTOCOL, PROVIDERS_TOPIC,
     };
 }
 
@@ -21,3 +22,7 @@ pub type ChunkCodec = CappedCodec<ChunkRequest, ChunkResponse>;
 pub type ManifestCodec = CappedCodec<ManifestRequest, ManifestResponse>;
 /// Codec of `/vwnet/catalog/1`.
 pub type CatalogCodec = CappedCodec<CatalogRequest, CatalogResponse>;
+/// Codec of `/vwnet/lock/1`.
+pub type LockCodec = CappedCodec<LockRequest, LockResponse>;
+/// Codec of `/vwnet/deploy/1`.
+pub type DeployCodec = CappedCodec<DeployRequest, DeployResponse>;

@@ -157,6 +157,36 @@ print(d["images"][0]["image"])')
 "$vwnet" --home "$work/carol" node export "$disk2" --out carol-export.img
 cmp disk-v2.img carol-export.img && echo "identical: $(sha256sum < carol-export.img | cut -c1-16)..."
 
+# ---------------------------------------------------------------------------------------------
+# Part 3: the workspace runs. B deploys it on the embedded test:///default hypervisor (policy,
+# host match, lock from A, the lock authority; define), starts and pauses it, then migrates it to
+# C: save the memory state, publish the next version (only new chunks), release the lock, and C
+# deploys and resumes it.
+state_of() { # name -> the workspace's live state on that node
+  "$vwnet" --home "$work/$1" --json ws-state "$ws" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print(s["state"] if s.get("deployed") else "not deployed")'
+}
+step "B deploys version 2 (policy, host match, lease from A, define)" --home "$work/bob" deploy "$ws"
+echo "state on B: $(state_of bob)"
+step "B starts it" --home "$work/bob" start "$ws"
+echo "state on B: $(state_of bob)"
+step "C asks who holds the lock (a signed lock record, learned by gossip)" --home "$work/carol" lock show "$ws"
+step "B pauses it" --home "$work/bob" pause "$ws"
+echo "state on B: $(state_of bob)"
+step "B unpauses it" --home "$work/bob" unpause "$ws"
+echo "state on B: $(state_of bob)"
+# Alice operates B too: her key signs the version the migration publishes.
+cp "$work/alice/identity.key" "$work/bob/identity.key"
+c_peer=$("$vwnet" --home "$work/carol" --json node status | python3 -c 'import json,sys; print(json.load(sys.stdin)["peer_id"])')
+step "migrate it from B to C (save, publish v3 with only the new chunks, release, C resumes)" \
+  --home "$work/bob" --json migrate "$ws" --to "$c_peer"
+echo "state on B: $(state_of bob); state on C: $(state_of carol)"
+step "C stops it" --home "$work/carol" stop "$ws" --force
+step "C undeploys it (the lock is released)" --home "$work/carol" undeploy "$ws"
+echo "state on C: $(state_of carol)"
+
 stop_nodes
 nodes=()
 printf '\n== done: every step above ran against the real binary; all nodes stopped.\n'

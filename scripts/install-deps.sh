@@ -9,11 +9,12 @@
 #   qemu-utils    `qemu-img`, which the opt-in real-QEMU tests use to make blank disks (any
 #                 version: a newer backport is fine here; scripts/setup-libvirtd.sh pins it to
 #                 match qemu-system-x86 when real QEMU is wanted)
+#   rsync         the baseline that tests/benches/distribution.sh compares vwnet's updates with
 #
 # Usage: scripts/install-deps.sh        (root, or a user with sudo)
 set -euo pipefail
 
-packages=(libvirt-dev pkg-config qemu-utils)
+packages=(libvirt-dev pkg-config qemu-utils rsync)
 
 # `dpkg-query` says "install ok installed" only for a fully installed package; anything else
 # (absent, half-configured, removed with config left) counts as missing.

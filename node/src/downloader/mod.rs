@@ -75,6 +75,13 @@ const SCAN_CAP: usize = 2048;
 /// Requests a peer gets before its first delivery gives an estimate of its rate.
 pub const INITIAL_REQUESTS: u32 = 2;
 
+/// Bytes a peer may have in flight before its first delivery gives an estimate of its rate
+/// (slow start). A peer whose uplink many pullers share serves each of them slowly: full-size
+/// first requests from all of them queue up past the request timeout, time out, and are asked
+/// again while the cancelled bytes still flow (the simulator showed this taking most of a
+/// shared link). Small first requests finish quickly and measure the rate that sizes the rest.
+pub const INITIAL_BYTE_CAP: u64 = 2 << 20;
+
 /// Weight of a new sample in a peer's rate estimate (exponential moving average).
 const RATE_SAMPLE_WEIGHT: f64 = 0.3;
 
@@ -1069,7 +1076,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
                     (cap as u64).clamp(floor.min(max), max)
                 }
             }
-            None => max,
+            None => INITIAL_BYTE_CAP
+                .max(u64::from(self.table.max_chunk_len()))
+                .min(max),
         }
     }
 

@@ -1,0 +1,522 @@
+//! Flow-level network: links with capacities, flows over paths of links, max–min fair rates.
+//!
+//! A flow is a transfer of a known number of bytes along a path of links. At any time every
+//! flow gets its max–min fair rate (progressive filling: the most constrained link is
+//! saturated first, its flows frozen at its fair share, and so on). Rates change only when a
+//! flow starts or ends, so instead of stepping time the network keeps, per flow, the time its
+//! last byte leaves at the current rate, and the caller asks for the earliest one
+//! ([`Network::next_completion`]).
+//!
+//! Efficiency: a start or an end only marks the links of that flow dirty. [`Network::recompute`]
+//! walks the connected component (links ↔ flows) of the dirty links and re-solves only it;
+//! flows elsewhere keep their rates and their completion entries. Completions sit in a heap
+//! with a version per flow, so a re-rated flow pushes a new entry and the stale one is skipped.
+//! Unlimited links are left out of paths altogether: they never constrain anything.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+/// Index of a link.
+pub type LinkId = u32;
+/// Index of a flow (slots are reused after a flow ends).
+pub type FlowId = u32;
+
+/// Bytes below which a flow counts as finished, absorbing floating-point drift.
+const EPS_BYTES: f64 = 1e-6;
+
+#[derive(Debug)]
+struct Link {
+    /// Bytes per second.
+    cap: f64,
+    /// Flows crossing the link; a flow knows its position in each of its links' lists.
+    flows: Vec<FlowId>,
+    /// Bytes carried so far (accounted when flows are settled).
+    carried: f64,
+    stamp: u64,
+    // Scratch for progressive filling.
+    rem: f64,
+    unfrozen: u32,
+}
+
+#[derive(Debug)]
+struct Flow {
+    links: Vec<LinkId>,
+    /// Position of this flow in `links[i]`'s flow list.
+    pos: Vec<u32>,
+    remaining: f64,
+    rate: f64,
+    /// Time up to which `remaining` is accounted.
+    since: f64,
+    version: u32,
+    stamp: u64,
+    frozen: bool,
+    tag: u64,
+}
+
+/// Heap entry ordered by time, earliest first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Due {
+    at: f64,
+    flow: FlowId,
+    version: u32,
+}
+
+impl Eq for Due {}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .at
+            .total_cmp(&self.at)
+            .then_with(|| other.flow.cmp(&self.flow))
+    }
+}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Min-heap entry of progressive filling: a link's fair share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Share {
+    share: f64,
+    link: LinkId,
+}
+impl Eq for Share {}
+impl Ord for Share {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .share
+            .total_cmp(&self.share)
+            .then_with(|| other.link.cmp(&self.link))
+    }
+}
+impl PartialOrd for Share {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Links, flows and their max–min fair rates.
+#[derive(Debug, Default)]
+pub struct Network {
+    links: Vec<Link>,
+    flows: Vec<Option<Flow>>,
+    free: Vec<FlowId>,
+    dirty: Vec<LinkId>,
+    /// Flows with no finite link: they complete at once.
+    instant: Vec<FlowId>,
+    due: BinaryHeap<Due>,
+    stamp: u64,
+    active: usize,
+    recomputes: u64,
+    solved_flows: u64,
+}
+
+impl Network {
+    /// An empty network.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a link of `bytes_per_sec` capacity (must be finite and positive).
+    pub fn add_link(&mut self, bytes_per_sec: f64) -> LinkId {
+        self.links.push(Link {
+            cap: bytes_per_sec,
+            flows: Vec::new(),
+            carried: 0.0,
+            stamp: 0,
+            rem: 0.0,
+            unfrozen: 0,
+        });
+        (self.links.len() - 1) as LinkId
+    }
+
+    /// Number of links.
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Starts a flow of `bytes` over `path` at time `now`; `tag` is the caller's label for it.
+    /// Its rate is set by the next [`Self::recompute`].
+    pub fn start(&mut self, now: f64, path: &[LinkId], bytes: f64, tag: u64) -> FlowId {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.flows.push(None);
+                (self.flows.len() - 1) as FlowId
+            }
+        };
+        let mut pos = Vec::with_capacity(path.len());
+        for &l in path {
+            let link = &mut self.links[l as usize];
+            pos.push(link.flows.len() as u32);
+            link.flows.push(id);
+            self.dirty.push(l);
+        }
+        if path.is_empty() {
+            self.instant.push(id);
+        }
+        self.flows[id as usize] = Some(Flow {
+            links: path.to_vec(),
+            pos,
+            remaining: bytes.max(0.0),
+            rate: 0.0,
+            since: now,
+            version: 0,
+            stamp: 0,
+            frozen: false,
+            tag,
+        });
+        self.active += 1;
+        id
+    }
+
+    /// Removes a flow (finished or aborted) at `now`; returns its tag and the bytes it had left.
+    pub fn remove(&mut self, now: f64, id: FlowId) -> Option<(u64, f64)> {
+        self.settle(id, now);
+        let flow = self.flows.get_mut(id as usize)?.take()?;
+        for (&l, &p) in flow.links.iter().zip(&flow.pos) {
+            let list = &mut self.links[l as usize].flows;
+            list.swap_remove(p as usize);
+            if let Some(&moved) = list.get(p as usize)
+                && let Some(m) = self.flows[moved as usize].as_mut()
+                && let Some(i) = m.links.iter().position(|&x| x == l)
+            {
+                m.pos[i] = p;
+            }
+            self.dirty.push(l);
+        }
+        self.free.push(id);
+        self.active -= 1;
+        Some((flow.tag, flow.remaining))
+    }
+
+    /// Number of flows in progress.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// The current rate of a flow in bytes per second.
+    pub fn rate(&self, id: FlowId) -> Option<f64> {
+        Some(self.flows.get(id as usize)?.as_ref()?.rate)
+    }
+
+    /// Bytes carried by a link so far (flows settled at their last re-rating or end).
+    pub fn carried(&self, link: LinkId) -> f64 {
+        self.links[link as usize].carried
+    }
+
+    /// (recomputations, flows re-solved in total): how much work the solver did.
+    pub fn work(&self) -> (u64, u64) {
+        (self.recomputes, self.solved_flows)
+    }
+
+    /// Whether flows started or ended since the last [`Self::recompute`].
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || !self.instant.is_empty()
+    }
+
+    fn settle(&mut self, id: FlowId, now: f64) {
+        let Some(f) = self.flows.get_mut(id as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let dt = now - f.since;
+        if dt > 0.0 && f.rate > 0.0 {
+            let moved = (f.rate * dt).min(f.remaining);
+            f.remaining -= moved;
+            for &l in &f.links {
+                self.links[l as usize].carried += moved;
+            }
+        }
+        f.since = now;
+    }
+
+    /// Re-solves max–min fair rates for the components touched since the last call and
+    /// refreshes their completion times.
+    pub fn recompute(&mut self, now: f64) {
+        for id in std::mem::take(&mut self.instant) {
+            if let Some(f) = self.flows[id as usize].as_mut() {
+                f.rate = f64::INFINITY;
+                f.version += 1;
+                self.due.push(Due {
+                    at: now,
+                    flow: id,
+                    version: f.version,
+                });
+            }
+        }
+        if self.dirty.is_empty() {
+            return;
+        }
+        self.recomputes += 1;
+        self.stamp += 1;
+        let stamp = self.stamp;
+        // Collect the component(s) of the dirty links.
+        let mut comp_links: Vec<LinkId> = Vec::new();
+        let mut comp_flows: Vec<FlowId> = Vec::new();
+        let mut stack = std::mem::take(&mut self.dirty);
+        while let Some(l) = stack.pop() {
+            let link = &mut self.links[l as usize];
+            if link.stamp == stamp {
+                continue;
+            }
+            link.stamp = stamp;
+            comp_links.push(l);
+            for &f in &self.links[l as usize].flows {
+                let Some(flow) = self.flows[f as usize].as_mut() else {
+                    continue;
+                };
+                if flow.stamp == stamp {
+                    continue;
+                }
+                flow.stamp = stamp;
+                comp_flows.push(f);
+                // Links already visited are skipped when popped.
+                stack.extend(flow.links.iter().copied().filter(|&o| o != l));
+            }
+        }
+        self.solved_flows += comp_flows.len() as u64;
+        for &f in &comp_flows {
+            self.settle(f, now);
+            if let Some(flow) = self.flows[f as usize].as_mut() {
+                flow.frozen = false;
+            }
+        }
+        // Progressive filling.
+        let mut heap = BinaryHeap::with_capacity(comp_links.len());
+        for &l in &comp_links {
+            let link = &mut self.links[l as usize];
+            link.rem = link.cap;
+            link.unfrozen = link.flows.len() as u32;
+            if link.unfrozen > 0 {
+                heap.push(Share {
+                    share: link.rem / f64::from(link.unfrozen),
+                    link: l,
+                });
+            }
+        }
+        while let Some(Share { share, link: l }) = heap.pop() {
+            let link = &self.links[l as usize];
+            if link.unfrozen == 0 {
+                continue;
+            }
+            let current = link.rem.max(0.0) / f64::from(link.unfrozen);
+            if current != share {
+                continue; // a newer entry for this link is in the heap
+            }
+            let flows = self.links[l as usize].flows.clone();
+            for f in flows {
+                let Some(flow) = self.flows[f as usize].as_mut() else {
+                    continue;
+                };
+                if flow.frozen {
+                    continue;
+                }
+                flow.frozen = true;
+                flow.rate = share;
+                let links = flow.links.clone();
+                for o in links {
+                    let ol = &mut self.links[o as usize];
+                    ol.rem -= share;
+                    ol.unfrozen -= 1;
+                    if o != l && ol.unfrozen > 0 {
+                        heap.push(Share {
+                            share: ol.rem.max(0.0) / f64::from(ol.unfrozen),
+                            link: o,
+                        });
+                    }
+                }
+            }
+        }
+        for &f in &comp_flows {
+            let Some(flow) = self.flows[f as usize].as_mut() else {
+                continue;
+            };
+            flow.version = flow.version.wrapping_add(1);
+            let at = if flow.remaining <= EPS_BYTES {
+                now
+            } else if flow.rate > 0.0 {
+                now + flow.remaining / flow.rate
+            } else {
+                continue; // starved: no completion until re-rated
+            };
+            self.due.push(Due {
+                at,
+                flow: f,
+                version: flow.version,
+            });
+        }
+    }
+
+    /// The earliest completion, as (time, flow), without removing it.
+    pub fn next_completion(&mut self) -> Option<(f64, FlowId)> {
+        while let Some(&d) = self.due.peek() {
+            let live = self.flows[d.flow as usize]
+                .as_ref()
+                .is_some_and(|f| f.version == d.version);
+            if live {
+                return Some((d.at, d.flow));
+            }
+            self.due.pop();
+        }
+        None
+    }
+
+    /// Removes the flow due at `next_completion` and returns (flow, tag).
+    pub fn pop_completion(&mut self) -> Option<(FlowId, u64)> {
+        let (at, id) = self.next_completion()?;
+        self.due.pop();
+        let tag = self.flows[id as usize].as_ref()?.tag;
+        // Its last byte leaves now: account what is left in full, whatever rounding said.
+        if let Some(f) = self.flows[id as usize].as_mut() {
+            let rem = f.remaining;
+            for &l in &f.links {
+                self.links[l as usize].carried += rem;
+            }
+            f.remaining = 0.0;
+            f.rate = 0.0;
+            f.since = at;
+        }
+        self.remove(at, id);
+        Some((id, tag))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn single_flow_gets_the_bottleneck() {
+        let mut n = Network::new();
+        let a = n.add_link(100.0);
+        let b = n.add_link(40.0);
+        let f = n.start(0.0, &[a, b], 400.0, 7);
+        n.recompute(0.0);
+        assert!(close(n.rate(f).unwrap(), 40.0));
+        let (t, id) = n.next_completion().unwrap();
+        assert_eq!(id, f);
+        assert!(close(t, 10.0));
+        assert_eq!(n.pop_completion(), Some((f, 7)));
+        assert!(close(n.carried(a), 400.0));
+        assert_eq!(n.active(), 0);
+    }
+
+    #[test]
+    fn classic_max_min_example() {
+        // Link x (cap 10) carries f1, f2, f3; link y (cap 4) carries f3 and f4.
+        // y is the bottleneck: f3 = f4 = 2; then x gives f1 = f2 = (10 - 2) / 2 = 4.
+        let mut n = Network::new();
+        let x = n.add_link(10.0);
+        let y = n.add_link(4.0);
+        let f1 = n.start(0.0, &[x], 1e9, 1);
+        let f2 = n.start(0.0, &[x], 1e9, 2);
+        let f3 = n.start(0.0, &[x, y], 1e9, 3);
+        let f4 = n.start(0.0, &[y], 1e9, 4);
+        n.recompute(0.0);
+        assert!(close(n.rate(f1).unwrap(), 4.0));
+        assert!(close(n.rate(f2).unwrap(), 4.0));
+        assert!(close(n.rate(f3).unwrap(), 2.0));
+        assert!(close(n.rate(f4).unwrap(), 2.0));
+        // f4 leaves: y now gives f3 up to 4, and x splits the rest fairly: all three at 10/3.
+        n.remove(1.0, f4);
+        n.recompute(1.0);
+        for f in [f1, f2, f3] {
+            assert!(close(n.rate(f).unwrap(), 10.0 / 3.0), "{:?}", n.rate(f));
+        }
+    }
+
+    #[test]
+    fn rates_never_exceed_capacity_and_every_flow_has_a_saturated_link() {
+        // A pseudo-random mesh: the two max-min conditions must hold.
+        let mut n = Network::new();
+        let caps = [5.0, 7.0, 11.0, 3.0, 13.0, 2.0, 17.0, 19.0];
+        let links: Vec<_> = caps.iter().map(|&c| n.add_link(c)).collect();
+        let mut seed = 12345u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        let mut flows = Vec::new();
+        for i in 0..30 {
+            let a = links[next() % links.len()];
+            let b = links[next() % links.len()];
+            let path: Vec<_> = if a == b { vec![a] } else { vec![a, b] };
+            flows.push((n.start(0.0, &path, 1e9, i), path));
+        }
+        n.recompute(0.0);
+        let mut load = vec![0.0; links.len()];
+        for (f, path) in &flows {
+            for &l in path {
+                load[l as usize] += n.rate(*f).unwrap();
+            }
+        }
+        for (l, &cap) in caps.iter().enumerate() {
+            assert!(load[l] <= cap * (1.0 + 1e-9), "link {l} overloaded");
+        }
+        for (f, path) in &flows {
+            let r = n.rate(*f).unwrap();
+            // Bottleneck: some link on the path is full and no flow on it is faster.
+            let has_bottleneck = path.iter().any(|&l| {
+                let full = load[l as usize] >= caps[l as usize] * (1.0 - 1e-9);
+                let max_on = flows
+                    .iter()
+                    .filter(|(_, p)| p.contains(&l))
+                    .map(|(g, _)| n.rate(*g).unwrap())
+                    .fold(0.0, f64::max);
+                full && r >= max_on * (1.0 - 1e-9)
+            });
+            assert!(has_bottleneck, "flow {f} has no bottleneck");
+        }
+    }
+
+    #[test]
+    fn untouched_components_keep_their_schedule() {
+        let mut n = Network::new();
+        let a = n.add_link(10.0);
+        let b = n.add_link(10.0);
+        let fa = n.start(0.0, &[a], 100.0, 1);
+        n.recompute(0.0);
+        let (before, _) = n.next_completion().unwrap();
+        let fb = n.start(1.0, &[b], 100.0, 2);
+        n.recompute(1.0);
+        assert!(close(n.rate(fa).unwrap(), 10.0));
+        assert!(close(n.rate(fb).unwrap(), 10.0));
+        assert_eq!(n.work().1, 2, "the second recompute touched only fb");
+        assert_eq!(n.next_completion().unwrap(), (before, fa));
+    }
+
+    #[test]
+    fn completion_times_follow_rate_changes() {
+        // Two flows share a link of 10 B/s: 50 B and 100 B. The short one ends at t=10
+        // (5 B/s each); the long one then has 50 B left at 10 B/s: ends at t=15.
+        let mut n = Network::new();
+        let l = n.add_link(10.0);
+        n.start(0.0, &[l], 50.0, 1);
+        n.start(0.0, &[l], 100.0, 2);
+        n.recompute(0.0);
+        let (t1, _) = n.next_completion().unwrap();
+        assert!(close(t1, 10.0));
+        assert_eq!(n.pop_completion().map(|x| x.1), Some(1));
+        n.recompute(t1);
+        let (t2, _) = n.next_completion().unwrap();
+        assert!(close(t2, 15.0));
+        assert_eq!(n.pop_completion().map(|x| x.1), Some(2));
+        assert!(close(n.carried(l), 150.0));
+    }
+
+    #[test]
+    fn pathless_flows_complete_at_once() {
+        let mut n = Network::new();
+        let f = n.start(3.0, &[], 1e12, 9);
+        n.recompute(3.0);
+        assert_eq!(n.next_completion(), Some((3.0, f)));
+    }
+}

@@ -1,0 +1,1243 @@
+//! The discrete-event engine: hosts, strategies, and the node's downloader driving the swarm.
+//!
+//! Time is virtual seconds (`f64`). Events (a request reaching its server, a response reaching
+//! its puller, a downloader deadline, a holdings announcement, a host joining or leaving) sit
+//! in one queue; flow completions come from the [`Network`]. After all events of one instant
+//! are handled, the network re-solves the rates of the components that changed (or, with a
+//! `rate_quantum`, at most once per quantum — an approximation kept for the largest runs).
+//!
+//! A swarm host runs `vwnet_node::downloader::Downloader<u32>` (peers are host indices) and
+//! does exactly what `node/src/pull.rs` does with its actions: a `Request` becomes a request
+//! message (one-way latency + a per-request server delay) and a flow of the requested bytes;
+//! the response is reported with `on_response` one latency after the last byte (plus the
+//! verify time); on `Cancel` the puller stops waiting and ignores the response, but its bytes
+//! still flow (the responder cannot be stopped); holdings are announced to neighbours every
+//! `announce_every` and `Complete` is announced at once.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vwnet_node::downloader::{
+    Action, ChunkIdx, ChunkOutcome, ChunkState, ChunkTable, Config, ConfigError, Downloader,
+    Failure, Holds, RequestId,
+};
+
+use crate::network::{FlowId, LinkId, Network};
+use crate::rng::Rng;
+use crate::topology::Topology;
+
+/// A way of getting the image onto the hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Strategy {
+    /// No image: every host installs the software itself (a fixed time, no network).
+    Install,
+    /// The paper: the image is staged whole to one repository server per site (the site's
+    /// first host), then every host copies it whole from its site's repository.
+    Central,
+    /// Every host copies the whole image from the publisher.
+    Single,
+    /// vwnet: a chunk swarm scheduled by the node's downloader.
+    Swarm,
+    /// The swarm when every host already holds the previous version: only new chunks move.
+    SwarmWarm,
+}
+
+impl Strategy {
+    /// The name used in scenario files and outputs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Install => "install",
+            Strategy::Central => "central",
+            Strategy::Single => "single",
+            Strategy::Swarm => "swarm",
+            Strategy::SwarmWarm => "swarm-warm",
+        }
+    }
+
+    /// Parses a scenario name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "install" => Strategy::Install,
+            "central" => Strategy::Central,
+            "single" => Strategy::Single,
+            "swarm" => Strategy::Swarm,
+            "swarm-warm" => Strategy::SwarmWarm,
+            _ => return None,
+        })
+    }
+}
+
+/// Node downloader settings the swarm hosts use; the defaults are those of
+/// `node/src/pull.rs` (`downloader_config`), which keeps its builder private.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeLimits {
+    /// Bytes per request (`wire::MAX_CHUNK_RESPONSE_DATA`).
+    pub max_request_bytes: u64,
+    /// Chunks per request (`wire::MAX_CHUNKS_PER_REQUEST`).
+    pub max_request_chunks: usize,
+    /// Requests in flight per peer.
+    pub max_requests_per_peer: u32,
+    /// Bytes in flight per peer.
+    pub max_bytes_per_peer: u64,
+    /// Request timeout, seconds.
+    pub request_timeout: f64,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        NodeLimits {
+            max_request_bytes: 4 << 20,
+            max_request_chunks: 64,
+            max_requests_per_peer: 8,
+            max_bytes_per_peer: 32 << 20,
+            request_timeout: 20.0,
+        }
+    }
+}
+
+/// Swarm model parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwarmParams {
+    /// Piece size in bytes (0: schedule single chunks, as the node does).
+    pub piece: u64,
+    /// Peers each host learns about besides the publisher (the node learns every announcer
+    /// up to 4096; bounded here to keep 10,000-host runs in memory).
+    pub neighbours: usize,
+    /// Seconds between holdings announcements (the node's `TICK`, 0.5 s).
+    pub announce_every: f64,
+    /// Seconds a server spends per request before the first byte (store read, framing).
+    pub request_overhead: f64,
+    /// Receiver verify-and-commit throughput in bytes/s (`None`: instantaneous).
+    pub verify_rate: Option<f64>,
+    /// The node's downloader limits.
+    pub limits: NodeLimits,
+}
+
+impl Default for SwarmParams {
+    fn default() -> Self {
+        SwarmParams {
+            piece: 4 << 20,
+            neighbours: 32,
+            announce_every: 0.5,
+            request_overhead: 0.0,
+            verify_rate: None,
+            limits: NodeLimits::default(),
+        }
+    }
+}
+
+/// When pullers start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrivals {
+    /// All at t = 0 (a flash crowd).
+    Together,
+    /// A Poisson process of this many hosts per second.
+    Poisson(f64),
+}
+
+/// Hosts leaving and coming back (swarm strategies only).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Churn {
+    /// Mean seconds a host stays online.
+    pub mean_online: f64,
+    /// Mean seconds it stays away.
+    pub mean_offline: f64,
+}
+
+/// What is being done to which hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// Pull on this many hosts (round-robin over sites, publisher excluded); `None`: all.
+    pub pullers: Option<usize>,
+    /// When they start.
+    pub arrivals: Arrivals,
+    /// Optional churn.
+    pub churn: Option<Churn>,
+    /// Seconds added after the image arrives (VM start) to give "ready" time.
+    pub start_overhead: f64,
+    /// Seconds an install takes ([`Strategy::Install`]).
+    pub install_time: f64,
+    /// Seconds between recomputations of rates (0: exact, after every instant).
+    pub rate_quantum: f64,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            pullers: None,
+            arrivals: Arrivals::Together,
+            churn: None,
+            start_overhead: 0.0,
+            install_time: 0.0,
+            rate_quantum: 0.0,
+        }
+    }
+}
+
+/// The image as transfers see it.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// Bytes a whole-image copy moves.
+    pub whole_bytes: u64,
+    /// The swarm's table (pieces of the distinct chunks).
+    pub table: Arc<ChunkTable>,
+    /// The warm swarm's table (pieces of the chunks the previous version lacks).
+    pub delta_table: Arc<ChunkTable>,
+}
+
+/// Why a run could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The downloader rejected the limits.
+    #[error("downloader config: {0}")]
+    Config(#[from] ConfigError),
+    /// The downloader rejected the table.
+    #[error("downloader: {0}")]
+    Downloader(#[from] vwnet_node::downloader::NewDownloaderError),
+}
+
+/// One host's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostResult {
+    /// Host name.
+    pub host: String,
+    /// Its site.
+    pub site: String,
+    /// When it started pulling (seconds).
+    pub started: f64,
+    /// When it had the image (seconds), `start_overhead` included; `None` if never.
+    pub completed: Option<f64>,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Payload bytes sent.
+    pub bytes_out: u64,
+}
+
+/// The outcome of one strategy.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// Pullers, in host order.
+    pub hosts: Vec<HostResult>,
+    /// (link name, bytes carried) for every finite link.
+    pub links: Vec<(String, u64)>,
+    /// Bytes over WAN links, both directions.
+    pub wan_bytes: u64,
+    /// Wall-clock time of the simulation.
+    pub wall: Duration,
+    /// Events handled.
+    pub events: u64,
+    /// Flows started.
+    pub flows: u64,
+    /// Most flows in progress at once.
+    pub peak_flows: usize,
+    /// Rate recomputations and flows re-solved.
+    pub solver_work: (u64, u64),
+    /// Swarm: downloader totals summed over pullers (requests, endgame requests, cancels,
+    /// timeouts, duplicate bytes).
+    pub downloader: DownloaderTotals,
+    /// Bytes of responses that arrived for cancelled requests (moved, then ignored).
+    pub cancelled_bytes: u64,
+}
+
+/// Downloader counters summed over all pullers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DownloaderTotals {
+    /// Requests sent.
+    pub requests: u64,
+    /// Of which endgame duplicates.
+    pub endgame_requests: u64,
+    /// Requests cancelled.
+    pub cancels: u64,
+    /// Requests timed out.
+    pub timeouts: u64,
+    /// Verified bytes that were already held.
+    pub duplicate_bytes: u64,
+}
+
+impl RunResult {
+    /// Completion times of the pullers that completed, ascending.
+    pub fn sorted_completions(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = self.hosts.iter().filter_map(|h| h.completed).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    /// When the last puller completed (`None` if one never did).
+    pub fn makespan(&self) -> Option<f64> {
+        self.hosts
+            .iter()
+            .map(|h| h.completed)
+            .try_fold(0.0f64, |m, c| c.map(|c| m.max(c)))
+    }
+}
+
+// ----- the network built from a topology -----------------------------------------------------
+
+struct Fabric {
+    site_of: Vec<u32>,
+    up: Vec<Option<LinkId>>,
+    down: Vec<Option<LinkId>>,
+    disk: Vec<Option<LinkId>>,
+    delay: Vec<f64>,
+    /// [from site][to site] -> (directed WAN links, one-way delay).
+    routes: Vec<Vec<(Vec<LinkId>, f64)>>,
+    link_names: Vec<String>,
+    wan: Vec<bool>,
+}
+
+fn bytes_per_sec(bps: Option<u64>) -> Option<f64> {
+    bps.map(|b| b as f64 / 8.0)
+}
+
+impl Fabric {
+    fn build(topo: &Topology, names: &[String], net: &mut Network) -> Self {
+        let mut f = Fabric {
+            site_of: Vec::new(),
+            up: Vec::new(),
+            down: Vec::new(),
+            disk: Vec::new(),
+            delay: Vec::new(),
+            routes: Vec::new(),
+            link_names: Vec::new(),
+            wan: Vec::new(),
+        };
+        let add = |f: &mut Fabric, net: &mut Network, cap: Option<f64>, name: String, wan| {
+            cap.map(|c| {
+                f.link_names.push(name);
+                f.wan.push(wan);
+                net.add_link(c)
+            })
+        };
+        let mut h = 0usize;
+        for (si, site) in topo.sites.iter().enumerate() {
+            for _ in 0..site.hosts {
+                let name = &names[h];
+                f.site_of.push(si as u32);
+                let up = add(
+                    &mut f,
+                    net,
+                    bytes_per_sec(site.link.uplink_bps),
+                    format!("{name}:up"),
+                    false,
+                );
+                f.up.push(up);
+                let down = add(
+                    &mut f,
+                    net,
+                    bytes_per_sec(site.link.downlink_bps),
+                    format!("{name}:down"),
+                    false,
+                );
+                f.down.push(down);
+                let disk = add(
+                    &mut f,
+                    net,
+                    bytes_per_sec(site.link.disk_bps),
+                    format!("{name}:disk"),
+                    false,
+                );
+                f.disk.push(disk);
+                f.delay.push(site.link.delay.as_secs_f64());
+                h += 1;
+            }
+        }
+        // Directed WAN links: index 2w is a->b, 2w+1 is b->a.
+        let mut dir = Vec::new();
+        for w in &topo.wans {
+            let ab = add(
+                &mut f,
+                net,
+                bytes_per_sec(w.rate_bps),
+                format!("{}->{}", w.a, w.b),
+                true,
+            );
+            let ba = add(
+                &mut f,
+                net,
+                bytes_per_sec(w.rate_bps),
+                format!("{}->{}", w.b, w.a),
+                true,
+            );
+            dir.push((ab, ba));
+        }
+        let n = topo.sites.len();
+        for a in 0..n {
+            let mut row = Vec::with_capacity(n);
+            for b in 0..n {
+                let mut links = Vec::new();
+                let mut delay = 0.0;
+                let mut at = a;
+                for wi in topo
+                    .route(&topo.sites[a].name, &topo.sites[b].name)
+                    .unwrap_or_default()
+                {
+                    let w = &topo.wans[wi];
+                    let forward = topo.site_index(&w.a) == Some(at);
+                    let l = if forward { dir[wi].0 } else { dir[wi].1 };
+                    links.extend(l);
+                    delay += w.delay.as_secs_f64();
+                    at = if forward {
+                        topo.site_index(&w.b).unwrap_or(at)
+                    } else {
+                        topo.site_index(&w.a).unwrap_or(at)
+                    };
+                }
+                row.push((links, delay));
+            }
+            f.routes.push(row);
+        }
+        f
+    }
+
+    /// Links and one-way latency of data going from host `s` to host `r`.
+    fn path(&self, s: usize, r: usize) -> (Vec<LinkId>, f64) {
+        let (wan, wan_delay) = &self.routes[self.site_of[s] as usize][self.site_of[r] as usize];
+        let mut links = Vec::with_capacity(wan.len() + 3);
+        links.extend(self.up[s]);
+        links.extend(wan.iter().copied());
+        links.extend(self.down[r]);
+        links.extend(self.disk[r]);
+        (links, self.delay[s] + wan_delay + self.delay[r])
+    }
+
+    fn latency(&self, s: usize, r: usize) -> f64 {
+        let (_, wan_delay) = &self.routes[self.site_of[s] as usize][self.site_of[r] as usize];
+        self.delay[s] + wan_delay + self.delay[r]
+    }
+}
+
+// ----- events --------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    /// A puller starts.
+    Arrive(u32),
+    /// Transfer `t`'s request reaches its server: start the flow.
+    Send(u32),
+    /// Transfer `t`'s last byte reached the puller.
+    Deliver(u32),
+    /// Downloader deadline of a host (valid if it matches the host's `tick_at`).
+    Tick(u32, f64),
+    /// Periodic holdings announcement of a host.
+    Announce(u32),
+    /// Churn.
+    Leave(u32),
+    /// Churn.
+    Join(u32),
+    /// Deferred rate recomputation.
+    Recompute,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    at: f64,
+    seq: u64,
+    ev: Ev,
+}
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Queued {}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.at.total_cmp(&self.at).then_with(|| o.seq.cmp(&self.seq))
+    }
+}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A whole-image copy (single source, or central staging / site copy).
+    Whole,
+    /// A downloader request.
+    Request(RequestId),
+}
+
+#[derive(Debug)]
+struct Transfer {
+    kind: Kind,
+    from: u32,
+    to: u32,
+    bytes: u64,
+    /// The puller's incarnation when the request was made (churn invalidates it).
+    incarnation: u32,
+    chunks: Vec<ChunkIdx>,
+    flow: Option<FlowId>,
+    live: bool,
+    /// The downloader cancelled it: the bytes still flow (request-response has no way to stop
+    /// the responder) but the node neither verifies nor reports them.
+    cancelled: bool,
+}
+
+struct Host {
+    dl: Option<Downloader<u32>>,
+    neighbours: Vec<u32>,
+    puller: bool,
+    started: Option<f64>,
+    done: Option<f64>,
+    online: bool,
+    incarnation: u32,
+    tick_at: Option<f64>,
+    held: Vec<ChunkIdx>,
+    fresh: Vec<ChunkIdx>,
+    complete_announced: bool,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Central strategy: this host is its site's repository and has the image.
+    repo_ready: bool,
+}
+
+/// A simulation of one strategy over one topology.
+pub struct Sim<'a> {
+    topo: &'a Topology,
+    strategy: Strategy,
+    workload: &'a Workload,
+    swarm: &'a SwarmParams,
+    net: Network,
+    fabric: Fabric,
+    names: Vec<String>,
+    hosts: Vec<Host>,
+    publisher: u32,
+    transfers: Vec<Transfer>,
+    free_transfers: Vec<u32>,
+    queue: BinaryHeap<Queued>,
+    seq: u64,
+    now: f64,
+    rng: Rng,
+    config: Config,
+    table: Arc<ChunkTable>,
+    whole_bytes: u64,
+    recompute_pending: bool,
+    events: u64,
+    flows: u64,
+    peak_flows: usize,
+    completed: u64,
+    /// Central: repository host of each site.
+    repo_of_site: Vec<u32>,
+    /// Live downloader requests: (puller, request) -> transfer.
+    request_transfer: HashMap<(u32, RequestId), u32>,
+    cancelled_bytes: u64,
+}
+
+impl<'a> Sim<'a> {
+    /// Sets up a run.
+    pub fn new(
+        topo: &'a Topology,
+        strategy: Strategy,
+        payload: &Payload,
+        workload: &'a Workload,
+        swarm: &'a SwarmParams,
+        seed: u64,
+    ) -> Result<Self, RunError> {
+        let names: Vec<String> = topo.hosts().into_iter().map(|h| h.name).collect();
+        let mut net = Network::new();
+        let fabric = Fabric::build(topo, &names, &mut net);
+        let publisher = names.iter().position(|n| *n == topo.publisher).unwrap_or(0) as u32;
+        let table = if strategy == Strategy::SwarmWarm {
+            payload.delta_table.clone()
+        } else {
+            payload.table.clone()
+        };
+        let l = &swarm.limits;
+        let max_piece = u64::from(table.max_chunk_len());
+        // A request carries as many pieces as the node's request carries chunks by bytes.
+        let per_request = if swarm.piece == 0 {
+            l.max_request_chunks
+        } else {
+            (l.max_request_bytes / swarm.piece.max(1)).max(1) as usize
+        };
+        let req_bytes = l.max_request_bytes.max(max_piece);
+        let config = Config::builder()
+            .max_request_chunks(per_request)
+            .max_request_bytes(req_bytes)
+            .max_requests_per_peer(l.max_requests_per_peer)
+            .max_bytes_per_peer(l.max_bytes_per_peer.max(req_bytes))
+            .max_bytes_in_flight((64u64 << 20).max(2 * req_bytes))
+            .request_timeout(Duration::from_secs_f64(l.request_timeout))
+            // The node's default; neighbour lists are bounded by `swarm.neighbours` anyway.
+            .max_peers(4096usize.max(swarm.neighbours + 2))
+            .seed(seed)
+            .build()?;
+        let hosts = (0..names.len())
+            .map(|_| Host {
+                dl: None,
+                neighbours: Vec::new(),
+                puller: false,
+                started: None,
+                done: None,
+                online: true,
+                incarnation: 0,
+                tick_at: None,
+                held: Vec::new(),
+                fresh: Vec::new(),
+                complete_announced: false,
+                bytes_in: 0,
+                bytes_out: 0,
+                repo_ready: false,
+            })
+            .collect();
+        let mut repo_of_site = Vec::new();
+        let mut first = 0u32;
+        for s in &topo.sites {
+            repo_of_site.push(first);
+            first += s.hosts;
+        }
+        let pub_site = fabric.site_of[publisher as usize] as usize;
+        repo_of_site[pub_site] = publisher;
+        Ok(Sim {
+            topo,
+            strategy,
+            workload,
+            swarm,
+            net,
+            fabric,
+            names,
+            hosts,
+            publisher,
+            transfers: Vec::new(),
+            free_transfers: Vec::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now: 0.0,
+            rng: Rng::new(seed),
+            config,
+            table,
+            whole_bytes: payload.whole_bytes,
+            recompute_pending: false,
+            events: 0,
+            flows: 0,
+            peak_flows: 0,
+            completed: 0,
+            repo_of_site,
+            request_transfer: HashMap::new(),
+            cancelled_bytes: 0,
+        })
+    }
+
+    fn push(&mut self, at: f64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Queued {
+            at,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    /// The pullers: `workload.pullers` hosts taken round-robin over sites, publisher excluded.
+    fn choose_pullers(&self) -> Vec<u32> {
+        let mut per_site: Vec<Vec<u32>> = vec![Vec::new(); self.topo.sites.len()];
+        for h in 0..self.names.len() as u32 {
+            if h != self.publisher {
+                per_site[self.fabric.site_of[h as usize] as usize].push(h);
+            }
+        }
+        let total: usize = per_site.iter().map(Vec::len).sum();
+        let want = self.workload.pullers.unwrap_or(total).min(total);
+        let mut out = Vec::with_capacity(want);
+        let mut i = 0;
+        while out.len() < want {
+            for s in &per_site {
+                if let Some(&h) = s.get(i)
+                    && out.len() < want
+                {
+                    out.push(h);
+                }
+            }
+            i += 1;
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Runs to the end; `progress` gets the number of completed pullers now and then.
+    pub fn run(mut self, progress: &mut dyn FnMut(u64)) -> RunResult {
+        let wall = Instant::now();
+        let pullers = self.choose_pullers();
+        for &h in &pullers {
+            self.hosts[h as usize].puller = true;
+        }
+        self.wire_neighbours(&pullers);
+        let mut t = 0.0;
+        for &h in &pullers {
+            if let Arrivals::Poisson(rate) = self.workload.arrivals {
+                t += self.rng.exp(1.0 / rate.max(1e-9));
+            }
+            self.push(t, Ev::Arrive(h));
+            if let (Some(c), true) = (self.workload.churn, self.is_swarm()) {
+                let leave = t + self.rng.exp(c.mean_online);
+                self.push(leave, Ev::Leave(h));
+            }
+        }
+        if self.strategy == Strategy::Central {
+            self.stage_repositories(&pullers);
+        }
+        let mut last_report = 0u64;
+        loop {
+            let next_ev = self.queue.peek().map(|q| q.at);
+            let next_flow = self.net.next_completion().map(|(t, _)| t);
+            let take_flow = match (next_ev, next_flow) {
+                (None, None) => break,
+                (Some(e), Some(f)) => f <= e,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+            };
+            if take_flow {
+                if let Some((at, _)) = self.net.next_completion() {
+                    self.now = self.now.max(at);
+                }
+                if let Some((_, tag)) = self.net.pop_completion() {
+                    self.flow_done(tag as u32);
+                }
+            } else if let Some(q) = self.queue.pop() {
+                self.now = self.now.max(q.at);
+                self.events += 1;
+                self.handle(q.ev);
+            }
+            // Re-solve rates once everything at this instant is handled.
+            let later = self.queue.peek().is_none_or(|q| q.at > self.now)
+                && self.net.next_completion().is_none_or(|(t, _)| t > self.now);
+            if later && self.net.is_dirty() {
+                if self.workload.rate_quantum > 0.0 {
+                    if !self.recompute_pending {
+                        self.recompute_pending = true;
+                        let at = self.now + self.workload.rate_quantum;
+                        self.push(at, Ev::Recompute);
+                    }
+                } else {
+                    self.net.recompute(self.now);
+                }
+            }
+            self.peak_flows = self.peak_flows.max(self.net.active());
+            if self.completed != last_report {
+                last_report = self.completed;
+                progress(self.completed);
+            }
+            if self.all_done(&pullers) {
+                break;
+            }
+        }
+        self.finish(&pullers, wall.elapsed())
+    }
+
+    fn is_swarm(&self) -> bool {
+        matches!(self.strategy, Strategy::Swarm | Strategy::SwarmWarm)
+    }
+
+    fn all_done(&self, pullers: &[u32]) -> bool {
+        self.completed as usize >= pullers.len()
+    }
+
+    fn wire_neighbours(&mut self, pullers: &[u32]) {
+        if !self.is_swarm() || pullers.len() < 2 {
+            return;
+        }
+        let k = self.swarm.neighbours;
+        if k + 1 >= pullers.len() {
+            for &h in pullers {
+                self.hosts[h as usize].neighbours =
+                    pullers.iter().copied().filter(|&o| o != h).collect();
+            }
+            return;
+        }
+        // A random graph: each host links to k/2 random others, symmetric, so degrees ≈ k.
+        let n = pullers.len() as u64;
+        for (i, &h) in pullers.iter().enumerate() {
+            for _ in 0..k.div_ceil(2) {
+                let j = self.rng.below(n) as usize;
+                if j == i {
+                    continue;
+                }
+                let o = pullers[j];
+                if self.hosts[h as usize].neighbours.len() >= k
+                    || self.hosts[o as usize].neighbours.len() >= k
+                    || self.hosts[h as usize].neighbours.contains(&o)
+                {
+                    continue;
+                }
+                self.hosts[h as usize].neighbours.push(o);
+                self.hosts[o as usize].neighbours.push(h);
+            }
+        }
+    }
+
+    fn new_transfer(&mut self, t: Transfer) -> u32 {
+        match self.free_transfers.pop() {
+            Some(i) => {
+                self.transfers[i as usize] = t;
+                i
+            }
+            None => {
+                self.transfers.push(t);
+                (self.transfers.len() - 1) as u32
+            }
+        }
+    }
+
+    fn free_transfer(&mut self, i: u32) {
+        let t = &self.transfers[i as usize];
+        if let Kind::Request(id) = t.kind
+            && self.request_transfer.get(&(t.to, id)) == Some(&i)
+        {
+            self.request_transfer.remove(&(t.to, id));
+        }
+        let t = &mut self.transfers[i as usize];
+        t.live = false;
+        t.chunks = Vec::new();
+        self.free_transfers.push(i);
+    }
+
+    /// Starts a whole-image copy from `from` to `to`: request latency, then the flow.
+    fn whole_copy(&mut self, from: u32, to: u32) {
+        let incarnation = self.hosts[to as usize].incarnation;
+        let t = self.new_transfer(Transfer {
+            kind: Kind::Whole,
+            from,
+            to,
+            bytes: self.whole_bytes,
+            incarnation,
+            chunks: Vec::new(),
+            flow: None,
+            live: true,
+            cancelled: false,
+        });
+        let at = self.now + self.fabric.latency(to as usize, from as usize);
+        self.push(at, Ev::Send(t));
+    }
+
+    fn stage_repositories(&mut self, pullers: &[u32]) {
+        let mut sites_needed = vec![false; self.topo.sites.len()];
+        for &h in pullers {
+            sites_needed[self.fabric.site_of[h as usize] as usize] = true;
+        }
+        self.hosts[self.publisher as usize].repo_ready = true;
+        for (s, needed) in sites_needed.into_iter().enumerate() {
+            let repo = self.repo_of_site[s];
+            if needed && repo != self.publisher {
+                self.whole_copy(self.publisher, repo);
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Arrive(h) => self.arrive(h),
+            Ev::Send(t) => self.send(t),
+            Ev::Deliver(t) => self.deliver(t),
+            Ev::Tick(h, at) => {
+                let host = &mut self.hosts[h as usize];
+                if host.tick_at == Some(at) {
+                    host.tick_at = None;
+                    if let Some(dl) = host.dl.as_mut() {
+                        dl.tick(Duration::from_secs_f64(self.now));
+                    }
+                    self.drive(h);
+                }
+            }
+            Ev::Announce(h) => self.announce(h),
+            Ev::Leave(h) => self.leave(h),
+            Ev::Join(h) => self.join(h),
+            Ev::Recompute => {
+                self.recompute_pending = false;
+                self.net.recompute(self.now);
+            }
+        }
+    }
+
+    fn complete(&mut self, h: u32) {
+        let host = &mut self.hosts[h as usize];
+        if host.done.is_none() && host.puller {
+            host.done = Some(self.now);
+            self.completed += 1;
+        }
+    }
+
+    fn arrive(&mut self, h: u32) {
+        self.hosts[h as usize].started = Some(self.now);
+        match self.strategy {
+            Strategy::Install => {
+                self.hosts[h as usize].done = Some(self.now + self.workload.install_time);
+                self.completed += 1;
+            }
+            Strategy::Single => self.whole_copy(self.publisher, h),
+            Strategy::Central => {
+                let repo = self.repo_of_site[self.fabric.site_of[h as usize] as usize];
+                if repo == h {
+                    // The repository host itself completes when staged.
+                } else if self.hosts[repo as usize].repo_ready {
+                    self.whole_copy(repo, h);
+                }
+            }
+            Strategy::Swarm | Strategy::SwarmWarm => self.start_downloader(h),
+        }
+    }
+
+    fn start_downloader(&mut self, h: u32) {
+        let now = Duration::from_secs_f64(self.now);
+        let local = self.hosts[h as usize].held.clone();
+        let config = self
+            .config
+            .clone()
+            .with_seed(self.config.seed() ^ u64::from(h).wrapping_mul(0x9E37_79B9));
+        let Ok(mut dl) = Downloader::new(config, self.table.clone(), local) else {
+            return; // limits were checked against the table in `new`
+        };
+        let _ = dl.add_peer(now, self.publisher, Holds::Everything);
+        let neighbours = self.hosts[h as usize].neighbours.clone();
+        for &n in &neighbours {
+            let other = &self.hosts[n as usize];
+            if !other.online || other.started.is_none() {
+                continue;
+            }
+            if other.done.is_some() {
+                let _ = dl.add_peer(now, n, Holds::Everything);
+            } else {
+                let _ = dl.add_peer(now, n, Holds::Nothing);
+                dl.peer_has(now, &n, other.held.iter().copied());
+            }
+            // The neighbour learns of us too (we hold what we held before leaving).
+            let held = self.hosts[h as usize].held.clone();
+            if let Some(odl) = self.hosts[n as usize].dl.as_mut() {
+                let _ = odl.add_peer(now, h, Holds::Nothing);
+                odl.peer_has(now, &h, held);
+            }
+        }
+        let complete = dl.is_complete();
+        self.hosts[h as usize].dl = Some(dl);
+        if complete {
+            self.complete(h);
+        }
+        self.drive(h);
+        let phase = self.rng.unit() * self.swarm.announce_every;
+        self.push(self.now + phase, Ev::Announce(h));
+    }
+
+    /// Performs the downloader's actions the way `node/src/pull.rs` does.
+    fn drive(&mut self, h: u32) {
+        let now = Duration::from_secs_f64(self.now);
+        let Some(mut dl) = self.hosts[h as usize].dl.take() else {
+            return;
+        };
+        let incarnation = self.hosts[h as usize].incarnation;
+        let mut completed = false;
+        while let Some(action) = dl.poll(now) {
+            match action {
+                Action::Request {
+                    peer,
+                    id,
+                    chunks,
+                    bytes,
+                    ..
+                } => {
+                    let t = self.new_transfer(Transfer {
+                        kind: Kind::Request(id),
+                        from: peer,
+                        to: h,
+                        bytes,
+                        incarnation,
+                        chunks,
+                        flow: None,
+                        live: true,
+                        cancelled: false,
+                    });
+                    self.request_transfer.insert((h, id), t);
+                    let at = self.now
+                        + self.fabric.latency(h as usize, peer as usize)
+                        + self.swarm.request_overhead;
+                    self.push(at, Ev::Send(t));
+                }
+                Action::Complete => completed = true,
+                // As pull.rs: stop waiting for it and ignore what it brings.
+                Action::Cancel { id, .. } => {
+                    if let Some(t) = self.request_transfer.remove(&(h, id)) {
+                        self.transfers[t as usize].cancelled = true;
+                    }
+                }
+                // Every simulated peer is honest: no bans; a stall waits for sources.
+                _ => {}
+            }
+        }
+        let deadline = dl.next_deadline().map(|d| d.as_secs_f64());
+        self.hosts[h as usize].dl = Some(dl);
+        if completed {
+            self.complete(h);
+            // pull.rs announces `Holdings::Complete` as soon as the pull finishes.
+            self.announce(h);
+        }
+        if let Some(d) = deadline {
+            let host = &mut self.hosts[h as usize];
+            if host.tick_at.is_none_or(|t| d < t) {
+                host.tick_at = Some(d);
+                self.push(d.max(self.now), Ev::Tick(h, d));
+            }
+        }
+    }
+
+    fn send(&mut self, t: u32) {
+        let tr = &self.transfers[t as usize];
+        if !tr.live {
+            return;
+        }
+        let (from, to, bytes, kind) = (tr.from, tr.to, tr.bytes, tr.kind);
+        let stale = self.hosts[to as usize].incarnation != tr.incarnation
+            || !self.hosts[to as usize].online;
+        if stale {
+            self.free_transfer(t);
+            return;
+        }
+        if !self.hosts[from as usize].online {
+            // The server is gone: the puller's transport reports a failure.
+            if let Kind::Request(id) = kind {
+                if let Some(dl) = self.hosts[to as usize].dl.as_mut() {
+                    dl.on_failure(Duration::from_secs_f64(self.now), &from, id, Failure::Other);
+                }
+                self.drive(to);
+            }
+            self.free_transfer(t);
+            return;
+        }
+        let (path, _) = self.fabric.path(from as usize, to as usize);
+        let flow = self.net.start(self.now, &path, bytes as f64, u64::from(t));
+        self.transfers[t as usize].flow = Some(flow);
+        self.flows += 1;
+    }
+
+    fn flow_done(&mut self, t: u32) {
+        let tr = &mut self.transfers[t as usize];
+        tr.flow = None;
+        if tr.cancelled {
+            self.cancelled_bytes += tr.bytes;
+        }
+        let (from, to, bytes) = (tr.from as usize, tr.to as usize, tr.bytes);
+        self.hosts[from].bytes_out += bytes;
+        self.hosts[to].bytes_in += bytes;
+        let mut at = self.now + self.fabric.latency(from, to);
+        if let Some(rate) = self.swarm.verify_rate
+            && self.is_swarm()
+        {
+            at += bytes as f64 / rate;
+        }
+        self.push(at, Ev::Deliver(t));
+    }
+
+    fn deliver(&mut self, t: u32) {
+        let tr = &self.transfers[t as usize];
+        if !tr.live {
+            return;
+        }
+        let (from, to, kind) = (tr.from, tr.to, tr.kind);
+        let stale = self.hosts[to as usize].incarnation != tr.incarnation || tr.cancelled;
+        let chunks = std::mem::take(&mut self.transfers[t as usize].chunks);
+        self.free_transfer(t);
+        if stale {
+            return;
+        }
+        match kind {
+            Kind::Whole => {
+                let repo_site = self.fabric.site_of[to as usize] as usize;
+                if self.strategy == Strategy::Central && self.repo_of_site[repo_site] == to {
+                    self.hosts[to as usize].repo_ready = true;
+                    self.complete(to);
+                    let waiting: Vec<u32> = (0..self.hosts.len() as u32)
+                        .filter(|&o| {
+                            o != to
+                                && self.fabric.site_of[o as usize] as usize == repo_site
+                                && self.hosts[o as usize].puller
+                                && self.hosts[o as usize].started.is_some()
+                                && self.hosts[o as usize].done.is_none()
+                        })
+                        .collect();
+                    for o in waiting {
+                        self.whole_copy(to, o);
+                    }
+                } else {
+                    self.complete(to);
+                }
+            }
+            Kind::Request(id) => {
+                let now = Duration::from_secs_f64(self.now);
+                let host = &mut self.hosts[to as usize];
+                let Some(dl) = host.dl.as_mut() else { return };
+                for &c in &chunks {
+                    if dl.chunk_state(c) != Some(ChunkState::Done) {
+                        host.held.push(c);
+                        host.fresh.push(c);
+                    }
+                }
+                dl.on_response(
+                    now,
+                    &from,
+                    id,
+                    chunks.into_iter().map(|c| (c, ChunkOutcome::Verified)),
+                );
+                self.drive(to);
+            }
+        }
+    }
+
+    fn announce(&mut self, h: u32) {
+        let host = &mut self.hosts[h as usize];
+        if !host.online || host.dl.is_none() {
+            return;
+        }
+        let now = Duration::from_secs_f64(self.now);
+        let complete = host.done.is_some();
+        if complete && host.complete_announced {
+            return;
+        }
+        let fresh = std::mem::take(&mut host.fresh);
+        if complete {
+            host.complete_announced = true;
+        }
+        let neighbours = host.neighbours.clone();
+        if complete || !fresh.is_empty() {
+            for n in neighbours {
+                let other = &mut self.hosts[n as usize];
+                if !other.online || other.done.is_some() {
+                    continue;
+                }
+                let Some(dl) = other.dl.as_mut() else {
+                    continue;
+                };
+                if complete {
+                    let _ = dl.add_peer(now, h, Holds::Everything);
+                } else {
+                    dl.peer_has(now, &h, fresh.iter().copied());
+                }
+                self.drive(n);
+            }
+        }
+        if !complete {
+            let at = self.now + self.swarm.announce_every;
+            self.push(at, Ev::Announce(h));
+        }
+    }
+
+    fn leave(&mut self, h: u32) {
+        let Some(churn) = self.workload.churn else {
+            return;
+        };
+        if !self.hosts[h as usize].online {
+            return;
+        }
+        let now = Duration::from_secs_f64(self.now);
+        let host = &mut self.hosts[h as usize];
+        host.online = false;
+        host.incarnation += 1;
+        host.dl = None;
+        host.tick_at = None;
+        host.fresh.clear();
+        // Abort every flow to or from h; pullers served by h see a failure.
+        for t in 0..self.transfers.len() as u32 {
+            let tr = &self.transfers[t as usize];
+            if !tr.live || (tr.from != h && tr.to != h) {
+                continue;
+            }
+            if let Some(f) = tr.flow {
+                self.net.remove(self.now, f);
+            }
+            let (from, to, kind) = (tr.from, tr.to, tr.kind);
+            self.free_transfer(t);
+            if from == h
+                && to != h
+                && let Kind::Request(id) = kind
+            {
+                if let Some(dl) = self.hosts[to as usize].dl.as_mut() {
+                    dl.on_failure(now, &h, id, Failure::Other);
+                }
+                self.drive(to);
+            }
+        }
+        for n in self.hosts[h as usize].neighbours.clone() {
+            if let Some(dl) = self.hosts[n as usize].dl.as_mut() {
+                dl.remove_peer(now, &h);
+            }
+            self.drive(n);
+        }
+        let back = self.now + self.rng.exp(churn.mean_offline);
+        self.push(back, Ev::Join(h));
+    }
+
+    fn join(&mut self, h: u32) {
+        let Some(churn) = self.workload.churn else {
+            return;
+        };
+        let host = &mut self.hosts[h as usize];
+        host.online = true;
+        host.complete_announced = false;
+        if host.started.is_some() {
+            self.start_downloader(h);
+        }
+        let leave = self.now + self.rng.exp(churn.mean_online);
+        self.push(leave, Ev::Leave(h));
+    }
+
+    fn finish(self, pullers: &[u32], wall: Duration) -> RunResult {
+        let extra = self.workload.start_overhead;
+        let hosts = pullers
+            .iter()
+            .map(|&h| {
+                let host = &self.hosts[h as usize];
+                HostResult {
+                    host: self.names[h as usize].clone(),
+                    site: self.topo.sites[self.fabric.site_of[h as usize] as usize]
+                        .name
+                        .clone(),
+                    started: host.started.unwrap_or(0.0),
+                    completed: host.done.map(|d| {
+                        if self.strategy == Strategy::Install {
+                            d
+                        } else {
+                            d + extra
+                        }
+                    }),
+                    bytes_in: host.bytes_in,
+                    bytes_out: host.bytes_out,
+                }
+            })
+            .collect();
+        let mut links = Vec::new();
+        let mut wan_bytes = 0u64;
+        for (i, name) in self.fabric.link_names.iter().enumerate() {
+            let b = self.net.carried(i as LinkId).round() as u64;
+            if self.fabric.wan[i] {
+                wan_bytes += b;
+            }
+            links.push((name.clone(), b));
+        }
+        let mut downloader = DownloaderTotals::default();
+        for &h in pullers {
+            if let Some(dl) = &self.hosts[h as usize].dl {
+                let s = dl.stats();
+                downloader.requests += s.requests_sent;
+                downloader.endgame_requests += s.endgame_requests;
+                downloader.cancels += s.cancels;
+                downloader.timeouts += s.timeouts;
+                downloader.duplicate_bytes += s.duplicate_bytes;
+            }
+        }
+        RunResult {
+            downloader,
+            cancelled_bytes: self.cancelled_bytes,
+            strategy: self.strategy,
+            hosts,
+            links,
+            wan_bytes,
+            wall,
+            events: self.events,
+            flows: self.flows,
+            peak_flows: self.peak_flows,
+            solver_work: self.net.work(),
+        }
+    }
+}

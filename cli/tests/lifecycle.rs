@@ -315,3 +315,73 @@ fn a_stale_fencing_token_is_refused() {
     assert_eq!(a.json(&["ws-state", &ws])["state"], "shutdown");
     assert_eq!(b.json(&["ws-state", &ws])["state"], "running");
 }
+
+#[test]
+fn racing_deploys_have_one_winner_and_a_policy_denied_deploy_names_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    // P publishes, and so grants the workspace's leases; A and B race; D's policy forbids
+    // deploys (but relays publications, so D knows the workspace).
+    let (p, ws) = setup(dir.path(), "race-p");
+    let policy = dir.path().join("no-deploys.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"no deploys here\"\neffect = \"deny\"\nactions = [\"deploy\"]\n\
+         everyone = true\n\n[[rule]]\nname = \"anyone publishes\"\neffect = \"allow\"\n\
+         actions = [\"publish\"]\neveryone = true\n",
+    )
+    .unwrap();
+    let boot = p.addr();
+    let a = Node::start(dir.path(), "race-a", &["--bootstrap", &boot]);
+    let b = Node::start(dir.path(), "race-b", &["--bootstrap", &boot]);
+    let d = Node::start(
+        dir.path(),
+        "race-d",
+        &["--bootstrap", &boot, "--policy", policy.to_str().unwrap()],
+    );
+    for n in [&a, &b, &d] {
+        wait_for(Duration::from_secs(30), "the workspace to be known", || {
+            knows(n, &ws, 1).then_some(())
+        });
+    }
+
+    let err = error_of(&d, &["deploy", &ws]);
+    assert!(err.contains("no deploys here"), "{err}");
+    assert_eq!(d.json(&["ws-state", &ws])["deployed"], false);
+
+    let spawn = |n: &Node| {
+        std::process::Command::new(swarm_common::vwnet_bin())
+            .arg("--home")
+            .arg(&n.home)
+            .args(["--json", "deploy", &ws])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn vwnet deploy")
+    };
+    let (ra, rb) = (spawn(&a), spawn(&b));
+    let outs = [
+        ra.wait_with_output().unwrap(),
+        rb.wait_with_output().unwrap(),
+    ];
+    let won: Vec<bool> = outs.iter().map(|o| o.status.success()).collect();
+    assert_eq!(
+        won.iter().filter(|w| **w).count(),
+        1,
+        "exactly one deploy wins: {:?}",
+        outs.iter()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .collect::<Vec<_>>()
+    );
+    let loser = &outs[usize::from(won[0])];
+    let line: Value = serde_json::from_slice(&loser.stdout).expect("a JSON error");
+    let line = line["error"].as_str().unwrap_or_default();
+    assert!(
+        line.contains("locked by") && line.contains("until"),
+        "{line}"
+    );
+    let (winner, other) = if won[0] { (&a, &b) } else { (&b, &a) };
+    assert_eq!(winner.json(&["ws-state", &ws])["deployed"], true);
+    assert_eq!(other.json(&["ws-state", &ws])["deployed"], false);
+    winner.json(&["undeploy", &ws]);
+}

@@ -1,7 +1,7 @@
 //! Topology files: sites of hosts with access links, joined by WAN links.
 //!
 //! One TOML file describes a network for both the simulator and the netns testbed
-//! (the shared contract is in `/work/notes/topology.md`), so that a prediction and a
+//! (this module is the format; `vwnet-testbed` reads it too), so that a prediction and a
 //! measurement are about the same thing. Rates are bits per second (`tc` units:
 //! `kbit`, `mbit`, `gbit`), `None` meaning unlimited; delays are one-way.
 //!

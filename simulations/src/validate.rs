@@ -2,8 +2,8 @@
 //!
 //! For each case the simulator predicts the vwnet swarm's completion times with chunk-level
 //! scheduling (pieces = chunks, the node's own table) for a random image of `size_mib`, and the
-//! testbed (`vwnet-testbed bench TOPOLOGY --size-mib S --json`, contract in
-//! `/work/notes/topology.md`) measures them. The calibration constants (per-request server
+//! testbed (`vwnet-testbed bench TOPOLOGY --size-mib S --json`, whose JSON report is
+//! `vwnet_tests::testbed::bench::BenchReport`) measures them. The calibration constants (per-request server
 //! delay, verify throughput) are the same for every case; nothing is tuned per case.
 
 use std::path::{Path, PathBuf};

@@ -397,10 +397,24 @@ pub async fn run(config: NodeConfig) -> Result<(), DaemonError> {
 async fn reannounce(services: Arc<Services>, mut stop: Signal) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     let mut provided = std::collections::HashSet::new();
+    let mut rounds = 0usize;
     loop {
         tokio::select! {
             _ = signalled(&mut stop) => return,
             _ = tick.tick() => {}
+        }
+        // Anti-entropy: gossip is fire-and-forget (a message dropped while a peer was
+        // graylisted or briefly disconnected is never resent), so every other round the
+        // catalog is compared with one connected peer, in turn.
+        rounds += 1;
+        if rounds.is_multiple_of(2) {
+            let mut peers = services.connected();
+            peers.sort();
+            if !peers.is_empty() {
+                let peer = peers[(rounds / 2) % peers.len()];
+                let services = services.clone();
+                tokio::spawn(async move { sync_catalog(&services, peer).await });
+            }
         }
         let Ok(images) = services.store.images().await else {
             continue;

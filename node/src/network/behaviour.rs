@@ -191,12 +191,16 @@ fn gossip(key: &Keypair) -> Result<gossipsub::Behaviour, BehaviourError> {
         .map_err(|e| BehaviourError::Gossipsub(e.to_owned()))?;
 
     // Scoring: a message the application rejects counts as an invalid delivery on its topic,
-    // which costs the forwarding peer score until it is pruned and then graylisted.
+    // which costs the forwarding peer score (the penalty is weight x count^2, decaying by 0.9
+    // per second). One rejection (-15) only lowers it: nodes' policies differ, so an honest
+    // peer may relay a description that this node's policy refuses, and graylisting it for
+    // that would drop its next, valid messages too. Two (-60) pass the gossip and publish
+    // thresholds; a third within a few seconds (-135) graylists the peer (below -80).
     let mut params = gossipsub::PeerScoreParams::default();
     for topic in topics() {
         let topic_params = gossipsub::TopicScoreParams {
             topic_weight: 1.0,
-            invalid_message_deliveries_weight: -100.0,
+            invalid_message_deliveries_weight: -15.0,
             invalid_message_deliveries_decay: 0.9,
             ..gossipsub::TopicScoreParams::default()
         };

@@ -59,20 +59,32 @@ WS=$("$VWNET" --home "$DIR/seed" --json publish --desc "$DIR/desc.toml" --image 
 start_node puller --bootstrap "$(addr_of seed)"
 wait_for 30 bash -c "'$VWNET' --home '$DIR/puller' --json ls --remote | grep -q $WS"
 
+cpu_of_nodes() { awk '{print ($14+$15)/100}' "/proc/$PID_seed/stat" "/proc/$PID_puller/stat" | paste -sd+ | bc -l; }
+CPU0=$(cpu_of_nodes)
 echo "pulling..." >&2
 START=$(date +%s.%N)
 "$VWNET" --home "$DIR/puller" --json pull "$WS" >"$DIR/pull.json"
 END=$(date +%s.%N)
 PULL_S=$(echo "$END - $START" | bc -l)
+CPU_S=$(echo "$(cpu_of_nodes) - $CPU0" | bc -l)
 
 python3 -m http.server --bind 127.0.0.1 --directory "$DIR" 18731 >/dev/null 2>&1 &
 PIDS+=($!)
 wait_for 10 curl -sf -o /dev/null http://127.0.0.1:18731/desc.toml
 CURL_S=$(curl -s -o /dev/null -w '%{time_total}' http://127.0.0.1:18731/image.raw)
+# The same download kept on disk as a pull keeps it: written to a file and flushed.
+START=$(date +%s.%N)
+curl -s -o "$DIR/curl.raw" http://127.0.0.1:18731/image.raw
+sync -f "$DIR/curl.raw"
+END=$(date +%s.%N)
+CURL_FILE_S=$(echo "$END - $START" | bc -l)
 
 MIB=$SIZE_MIB
 printf '| transfer (%s MiB, loopback) | seconds | MiB/s |\n|---|---|---|\n' "$MIB"
 printf '| vwnet pull, 1 peer | %.2f | %.0f |\n' "$PULL_S" "$(echo "$MIB / $PULL_S" | bc -l)"
-printf '| curl from python http.server | %.2f | %.0f |\n' "$CURL_S" "$(echo "$MIB / $CURL_S" | bc -l)"
-printf '\nratio vwnet/curl throughput: %.2f\n' "$(echo "$CURL_S / $PULL_S" | bc -l)"
+printf '| curl from python http.server to /dev/null | %.2f | %.0f |\n' "$CURL_S" "$(echo "$MIB / $CURL_S" | bc -l)"
+printf '| curl from python http.server to a file, then sync | %.2f | %.0f |\n' "$CURL_FILE_S" "$(echo "$MIB / $CURL_FILE_S" | bc -l)"
+printf '\nratio vwnet/curl throughput: %.2f (to /dev/null), %.2f (to a synced file)\n' \
+    "$(echo "$CURL_S / $PULL_S" | bc -l)" "$(echo "$CURL_FILE_S / $PULL_S" | bc -l)"
+printf 'CPU (user+sys) of both nodes during the pull: %.2f s (%.2f CPU-s per GiB)\n' "$CPU_S" "$(echo "$CPU_S * 1024 / $MIB" | bc -l)"
 printf 'peak RSS: seed %s MiB, puller %s MiB\n' "$(peak_rss_mib "$PID_seed")" "$(peak_rss_mib "$PID_puller")"

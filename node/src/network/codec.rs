@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 use futures::prelude::*;
 use libp2p::StreamProtocol;
 use libp2p::request_response;
-use vwnet_protocol::wire::WireMessage;
+use vwnet_protocol::wire::{Pieces, WireMessage};
 
 /// A request-response codec for one protocol: requests `Req`, responses `Resp`.
 pub struct CappedCodec<Req, Resp> {
@@ -53,12 +53,18 @@ pub(crate) async fn read_frame<T: AsyncRead + Unpin>(
     Ok(buf)
 }
 
-/// Writes one frame.
-pub(crate) async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(bytes.len())
+/// Writes one frame whose body is `pieces`, written in order without joining them first (a
+/// chunk response lends its bodies; see `vwnet_protocol::wire::Pieces`).
+pub(crate) async fn write_frame<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    pieces: &Pieces<'_>,
+) -> io::Result<()> {
+    let len = u32::try_from(pieces.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))?;
     io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(bytes).await?;
+    for piece in pieces.iter() {
+        io.write_all(piece).await?;
+    }
     io.close().await
 }
 
@@ -66,9 +72,9 @@ fn decode<M: WireMessage>(bytes: &[u8]) -> io::Result<M> {
     M::decode(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-fn encode<M: WireMessage>(msg: &M) -> io::Result<Vec<u8>> {
+fn encode<M: WireMessage>(msg: &M) -> io::Result<Pieces<'_>> {
     // Never send what the peer is bound to refuse: fail locally with a clear error instead.
-    msg.encode()
+    msg.encode_pieces()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 

@@ -436,6 +436,19 @@ async fn pull_image(
     }
     let stats = dl.stats().clone();
     Metrics::add(&services.metrics.chunks_verified, stats.chunks_done);
+    // What the scheduling cost beyond the wanted bytes: the numbers to look at when a pull moves
+    // more than it needed.
+    info!(
+        image = %image.id.short(),
+        wanted = stats.bytes_wanted,
+        done = stats.bytes_done,
+        duplicate = stats.duplicate_bytes,
+        requests = stats.requests_sent,
+        endgame = stats.endgame_requests,
+        cancels = stats.cancels,
+        timeouts = stats.timeouts,
+        "pull scheduling"
+    );
     result?;
     flushed?;
 

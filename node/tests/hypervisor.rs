@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vwnet_node::hypervisor::{
-    AfterRestore, ControlError, DefineError, DiskFormat, DiskSpec, DomainKind, DomainSpec,
-    DomainState, Hypervisor, LibvirtHypervisor, NicSpec, Operation, QueryError, RestoreError,
-    SaveError,
+    AfterRestore, ControlError, DefineError, DomainKind, DomainState, Hypervisor,
+    LibvirtHypervisor, Operation, QueryError, RestoreError, SaveError,
 };
+
+mod hypervisor_support;
+use hypervisor_support::spec;
 
 const URI: &str = "test:///default";
 
@@ -27,19 +29,12 @@ fn hypervisor() -> LibvirtHypervisor {
     }
 }
 
-fn spec(name: &str, dir: &Path) -> DomainSpec {
-    DomainSpec {
-        name: name.to_owned(),
-        memory_mib: 128,
-        vcpus: 1,
-        disks: vec![DiskSpec {
-            path: dir.join("disk.raw"),
-            format: DiskFormat::Raw,
-            read_only: false,
-        }],
-        cdrom: Some(dir.join("seed.iso")),
-        nics: vec![NicSpec::User],
-        serial_log: Some(dir.join("console.log")),
+/// Asserts that `result` is the refusal of `op` because the domain is in the wrong state.
+#[track_caller]
+fn assert_wrong_state(result: Result<(), ControlError>, op: Operation) {
+    match result {
+        Err(ControlError::InvalidState { op: refused, .. }) if refused == op => {}
+        other => panic!("{op:?}: expected an invalid-state refusal, got {other:?}"),
     }
 }
 
@@ -170,13 +165,7 @@ fn restore_can_leave_the_domain_running() -> Result<(), Box<dyn std::error::Erro
     // The test driver powers off at once on a shutdown request (QEMU waits for the guest).
     hv.shutdown(name)?;
     assert_eq!(state(&hv, name), DomainState::Shutoff);
-    assert!(matches!(
-        hv.shutdown(name),
-        Err(ControlError::InvalidState {
-            op: Operation::Shutdown,
-            ..
-        })
-    ));
+    assert_wrong_state(hv.shutdown(name), Operation::Shutdown);
     hv.undefine(name)?;
     Ok(())
 }
@@ -279,27 +268,9 @@ fn operations_in_the_wrong_state_say_so() -> Result<(), Box<dyn std::error::Erro
     hv.define(&spec(name, dir.path()))?;
 
     // Shut off: nothing to pause, resume, destroy or save.
-    assert!(matches!(
-        hv.suspend(name),
-        Err(ControlError::InvalidState {
-            op: Operation::Suspend,
-            ..
-        })
-    ));
-    assert!(matches!(
-        hv.resume(name),
-        Err(ControlError::InvalidState {
-            op: Operation::Resume,
-            ..
-        })
-    ));
-    assert!(matches!(
-        hv.destroy(name),
-        Err(ControlError::InvalidState {
-            op: Operation::Destroy,
-            ..
-        })
-    ));
+    assert_wrong_state(hv.suspend(name), Operation::Suspend);
+    assert_wrong_state(hv.resume(name), Operation::Resume);
+    assert_wrong_state(hv.destroy(name), Operation::Destroy);
     assert!(matches!(
         hv.save(name, &dir.path().join("s")),
         Err(SaveError::NotActive {
@@ -310,28 +281,10 @@ fn operations_in_the_wrong_state_say_so() -> Result<(), Box<dyn std::error::Erro
     assert!(!dir.path().join("s").exists());
 
     hv.start(name)?;
-    assert!(matches!(
-        hv.start(name),
-        Err(ControlError::InvalidState {
-            op: Operation::Start,
-            ..
-        })
-    ));
-    assert!(matches!(
-        hv.resume(name),
-        Err(ControlError::InvalidState {
-            op: Operation::Resume,
-            ..
-        })
-    ));
+    assert_wrong_state(hv.start(name), Operation::Start);
+    assert_wrong_state(hv.resume(name), Operation::Resume);
     // Undefining a running domain would orphan it as a transient VM.
-    assert!(matches!(
-        hv.undefine(name),
-        Err(ControlError::InvalidState {
-            op: Operation::Undefine,
-            ..
-        })
-    ));
+    assert_wrong_state(hv.undefine(name), Operation::Undefine);
     assert_eq!(state(&hv, name), DomainState::Running);
 
     hv.destroy(name)?;

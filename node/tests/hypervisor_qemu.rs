@@ -12,9 +12,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vwnet_node::hypervisor::{
-    AfterRestore, DiskFormat, DiskSpec, DomainKind, DomainSpec, DomainState, Hypervisor,
-    LibvirtHypervisor, NicSpec, RestoreError,
+    AfterRestore, DomainKind, DomainState, Hypervisor, LibvirtHypervisor, RestoreError,
 };
+
+mod hypervisor_support;
+use hypervisor_support::spec;
 
 const URI: &str = "qemu:///system";
 const SOCKET: &str = "/run/libvirt/libvirt-sock";
@@ -45,22 +47,6 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-fn spec(name: &str, dir: &Path) -> DomainSpec {
-    DomainSpec {
-        name: name.to_owned(),
-        memory_mib: 128,
-        vcpus: 1,
-        disks: vec![DiskSpec {
-            path: dir.join("disk.raw"),
-            format: DiskFormat::Raw,
-            read_only: false,
-        }],
-        cdrom: Some(dir.join("empty.iso")),
-        nics: vec![NicSpec::User],
-        serial_log: Some(dir.join("console.log")),
-    }
-}
-
 fn make_files(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(dir)?;
     let out = Command::new("qemu-img")
@@ -71,7 +57,7 @@ fn make_files(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     if !out.status.success() {
         return Err(format!("qemu-img: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
-    std::fs::write(dir.join("empty.iso"), vec![0u8; 2048 * 16])?;
+    std::fs::write(dir.join(hypervisor_support::CDROM), vec![0u8; 2048 * 16])?;
     Ok(())
 }
 
@@ -177,7 +163,10 @@ fn tiny_domain_lifecycle_with_save_and_restore_elsewhere() -> Result<(), Box<dyn
     // Another host: no definition, the disk and ISO under other paths.
     std::fs::create_dir_all(&host_b)?;
     std::fs::rename(host_a.join("disk.raw"), host_b.join("disk.raw"))?;
-    std::fs::rename(host_a.join("empty.iso"), host_b.join("empty.iso"))?;
+    std::fs::rename(
+        host_a.join(hypervisor_support::CDROM),
+        host_b.join(hypervisor_support::CDROM),
+    )?;
     let info = timed("restore", || {
         hv.restore(&state_path, &moved, AfterRestore::Paused)
     })?;

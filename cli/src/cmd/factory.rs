@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use vwnet_node::control::{Request, Response};
-use vwnet_protocol::description::{Description, State, clone_as};
+use vwnet_protocol::description::{State, clone_as};
 use vwnet_protocol::ids::{PeerIdentity, WorkspaceId};
 use vwnet_protocol::signed::{
     Delegation, DelegationScope, SignedAttributeCertificate, SignedDelegation, SignedDescription,
@@ -127,19 +127,11 @@ fn read_certs(paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
 /// `vwnet create`.
 pub(crate) fn create(args: CreateArgs, ctx: &Context) -> anyhow::Result<()> {
     let now = Timestamp::now();
-    let text = std::fs::read_to_string(&args.desc)
-        .with_context(|| format!("{}: cannot read", args.desc.display()))?;
-    let base =
-        Description::from_toml_str(&text).with_context(|| args.desc.display().to_string())?;
-    let identity = ctx.load_identity()?;
-    if base.owner != identity.public() {
-        bail!(
-            "{}: owner is {}, but this home's key is {} (the creator owns the new workspace)",
-            args.desc.display(),
-            base.owner.short(),
-            identity.public().short()
-        );
-    }
+    let (base, identity) = crate::cmd::ws::read_own_description(
+        &args.desc,
+        ctx,
+        "the creator owns the new workspace",
+    )?;
     let certs = read_certs(&args.attr_certs)?;
     let mut desc = match &args.from {
         Some(from) => {

@@ -121,16 +121,7 @@ fn expect_state(r: ManageResponse) -> anyhow::Result<WorkspaceState> {
 
 /// `vwnet deploy`.
 pub(crate) fn deploy(args: DeployArgs, ctx: &Context) -> anyhow::Result<()> {
-    let (workspace, version) = match args.workspace.split_once('@') {
-        Some((ws, v)) => (
-            ws.to_owned(),
-            Some(
-                v.parse::<u64>()
-                    .with_context(|| format!("{v}: not a version number"))?,
-            ),
-        ),
-        None => (args.workspace, None),
-    };
+    let (workspace, version) = crate::cmd::ws::split_version(&args.workspace)?;
     let request = ManageRequest::Deploy {
         workspace,
         version,

@@ -63,19 +63,7 @@ pub(crate) fn ingest(ctx: &Context, file: &Path) -> anyhow::Result<ImageRef> {
 
 /// `vwnet publish`.
 pub(crate) fn publish(args: PublishArgs, ctx: &Context) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.desc)
-        .with_context(|| format!("{}: cannot read", args.desc.display()))?;
-    let mut desc =
-        Description::from_toml_str(&text).with_context(|| args.desc.display().to_string())?;
-    let identity = ctx.load_identity()?;
-    if desc.owner != identity.public() {
-        bail!(
-            "{}: owner is {}, but this home's key is {} (only the owner can publish)",
-            args.desc.display(),
-            desc.owner.short(),
-            identity.public().short()
-        );
-    }
+    let (mut desc, identity) = read_own_description(&args.desc, ctx, "only the owner can publish")?;
     // Naming no lock authority means "the publishing node": write that node in, so that the
     // signed description tells every node who may grant its locks.
     if desc.lock_authorities.is_empty() {
@@ -207,16 +195,7 @@ pub(crate) fn inspect(args: InspectArgs, ctx: &Context) -> anyhow::Result<()> {
 
 /// `vwnet pull`.
 pub(crate) fn pull(args: PullArgs, ctx: &Context) -> anyhow::Result<()> {
-    let (workspace, version) = match args.workspace.split_once('@') {
-        Some((ws, v)) => (
-            ws.to_owned(),
-            Some(
-                v.parse::<u64>()
-                    .with_context(|| format!("{v}: not a version number"))?,
-            ),
-        ),
-        None => (args.workspace, None),
-    };
+    let (workspace, version) = split_version(&args.workspace)?;
     let bar = progress_bar(ctx, None, "pulling");
     let response = call(ctx, Request::Pull { workspace, version }, |r| {
         if let (Some(bar), Response::Progress(p)) = (&bar, r) {
@@ -241,5 +220,59 @@ pub(crate) fn pull(args: PullArgs, ctx: &Context) -> anyhow::Result<()> {
             )
         }),
         other => bail!("unexpected answer from the node: {other:?}"),
+    }
+}
+
+/// Reads the description at `path` and this home's key, refusing a description that another
+/// key owns (`why` ends the message: what only the owner may do).
+pub(crate) fn read_own_description(
+    path: &Path,
+    ctx: &Context,
+    why: &str,
+) -> anyhow::Result<(Description, vwnet_protocol::identity::Identity)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let desc = Description::from_toml_str(&text).with_context(|| path.display().to_string())?;
+    let identity = ctx.load_identity()?;
+    if desc.owner != identity.public() {
+        bail!(
+            "{}: owner is {}, but this home's key is {} ({why})",
+            path.display(),
+            desc.owner.short(),
+            identity.public().short()
+        );
+    }
+    Ok((desc, identity))
+}
+
+/// Splits `WS[@VERSION]` into the workspace and the version, if one is given.
+pub(crate) fn split_version(arg: &str) -> anyhow::Result<(String, Option<u64>)> {
+    match arg.split_once('@') {
+        Some((ws, v)) => {
+            let version = v
+                .parse::<u64>()
+                .with_context(|| format!("{v}: not a version number"))?;
+            Ok((ws.to_owned(), Some(version)))
+        }
+        None => Ok((arg.to_owned(), None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_and_version_split_at_the_at_sign() {
+        assert_eq!(split_version("ab12").unwrap(), ("ab12".to_owned(), None));
+        assert_eq!(
+            split_version("ab12@3").unwrap(),
+            ("ab12".to_owned(), Some(3))
+        );
+        let err = split_version("ab12@three").unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "three: not a version number: invalid digit found in string"
+        );
     }
 }

@@ -143,7 +143,8 @@ impl NodeConfig {
         &self.bootstrap
     }
 
-    /// The site name, shown to peers via identify; informational.
+    /// The site name, announced to peers (identify, provider announcements): pullers prefer
+    /// same-site sources and fetch each chunk across sites about once per site.
     pub fn site(&self) -> Option<&str> {
         self.site.as_deref()
     }
@@ -476,6 +477,17 @@ impl NodeConfigBuilder {
                 reason: "must be positive",
             });
         }
+        // Carried in provider announcements, whose decoders refuse anything else.
+        if let Some(site) = &self.site
+            && (site.is_empty()
+                || site.len() > vwnet_protocol::wire::MAX_SITE_LEN
+                || site.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            return Err(ConfigError::BadLimit {
+                field: "site",
+                reason: "must be 1 to 64 bytes without spaces or control characters",
+            });
+        }
         Ok(NodeConfig {
             home: self.home,
             listen,
@@ -531,6 +543,23 @@ mod tests {
             NodeConfig::builder("").build(),
             Err(ConfigError::NoHome)
         ));
+    }
+
+    #[test]
+    fn site_names_must_fit_a_provider_announcement() {
+        let with = |site: &str| {
+            NodeConfig::builder("/tmp/h")
+                .site(Some(site.into()))
+                .build()
+        };
+        assert!(with("eu-west").is_ok());
+        assert!(with(&"s".repeat(vwnet_protocol::wire::MAX_SITE_LEN)).is_ok());
+        for bad in ["", "two words", "tab\t", &"s".repeat(65)] {
+            assert!(
+                matches!(with(bad), Err(ConfigError::BadLimit { field: "site", .. })),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub struct Services {
     pub peers: Mutex<HashMap<PeerId, Multiaddr>>,
     /// What each peer announced it holds of each image.
     pub holdings: Mutex<HashMap<ImageId, HashMap<PeerId, Holdings>>>,
+    /// The site each peer named in its latest provider announcement (`None`: it has none).
+    pub sites: Mutex<HashMap<PeerId, Option<String>>>,
     /// Stops the node.
     pub shutdown: Trigger,
 }
@@ -136,6 +138,16 @@ impl Services {
             .insert(peer, holdings);
     }
 
+    /// Records the site a peer announced with its holdings.
+    pub fn set_site(&self, peer: PeerId, site: Option<String>) {
+        lock(&self.sites).insert(peer, site);
+    }
+
+    /// The site a peer announced: `None` if it announced none or was never heard from.
+    pub fn site_of(&self, peer: &PeerId) -> Option<String> {
+        lock(&self.sites).get(peer).cloned().flatten()
+    }
+
     /// What peers announced for `image`.
     pub fn holdings_of(&self, image: &ImageId) -> HashMap<PeerId, Holdings> {
         lock(&self.holdings).get(image).cloned().unwrap_or_default()
@@ -152,6 +164,7 @@ impl Services {
             image,
             provider: self.identity,
             holdings,
+            site: self.config.site().map(str::to_owned),
         });
         self.gossip(GossipTopic::Providers, &message).await;
     }
@@ -348,6 +361,7 @@ pub async fn run(config: NodeConfig) -> Result<(), DaemonError> {
         download_rate: RateLimiter::new(limits.download_bytes_per_sec),
         peers: Mutex::new(HashMap::new()),
         holdings: Mutex::new(HashMap::new()),
+        sites: Mutex::new(HashMap::new()),
         shutdown: trigger.clone(),
         config,
     });
@@ -540,6 +554,7 @@ async fn validate_gossip(
                 return MessageAcceptance::Reject;
             }
             if origin != services.local_peer {
+                services.set_site(origin, announcement.site);
                 services.set_holdings(announcement.image, origin, announcement.holdings);
             }
             MessageAcceptance::Accept

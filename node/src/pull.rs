@@ -15,8 +15,11 @@
 //! - **Sources**: DHT providers (complete holders) and gossip provider announcements (partial
 //!   holders with a bitmap, indexed by the downloader catalog's chunk order, which every node
 //!   derives identically from the manifest).
-//! - **Swarming**: while pulling, the node announces its own bitmap about once a second, and it
-//!   serves any chunk it holds, so pullers feed each other.
+//! - **Sites**: a node started with `--site` labels each source local or remote by the site in
+//!   its announcements (unknown counts as remote) and gives the downloader its own id, which
+//!   then fetches across sites only what no same-site peer holds, about once per site.
+//! - **Swarming**: while pulling, the node announces its own bitmap each tick (500 ms) in which
+//!   its committed chunks grew, and it serves any chunk it holds, so pullers feed each other.
 //! - **Resume**: a new pull starts from what the store holds (every committed batch).
 //! - **Accounting**: `bytes_fetched` and `per_peer` count each stored chunk once, credited to
 //!   the peer whose copy was stored; endgame duplicates and copies of chunks that were already
@@ -45,7 +48,7 @@ use crate::control::{PullProgress, PullSummary, Response};
 use crate::daemon::Services;
 use crate::downloader::{
     Action, ChunkIdx, ChunkOutcome, ChunkTable as ChunkCatalog, Config as DlConfig, Downloader,
-    Failure, Holds, RequestId,
+    Failure, Holds, Locality, RequestId,
 };
 use crate::metrics::Metrics;
 use crate::network::{RequestError, behaviour::provider_key};
@@ -238,7 +241,9 @@ enum Outcome {
     Fatal(PullError),
 }
 
-fn downloader_config() -> Result<DlConfig, crate::downloader::ConfigError> {
+/// The downloader settings of every pull, with a random tie-break seed; public so that the
+/// simulator (`simulations/`) schedules with exactly these.
+pub fn downloader_config() -> Result<DlConfig, crate::downloader::ConfigError> {
     // Requests must fit the wire limits: the responder sends at most this many chunks and
     // bytes, and the rest of a larger request would come back as OverBudget.
     DlConfig::builder()
@@ -298,6 +303,10 @@ async fn pull_image(
     let config = downloader_config().map_err(|e| schedule_err(e.to_string()))?;
     let mut dl: Downloader<PeerId> =
         Downloader::new(config, catalog.clone(), local).map_err(|e| schedule_err(e.to_string()))?;
+    if services.config.site().is_some() {
+        // Rank ourselves among our site's pullers for the chunks fetched across sites.
+        dl.set_own_id(&services.local_peer);
+    }
     totals.local += dl.stats().bytes_local;
     totals.zero += manifest.zero_bytes();
     info!(
@@ -313,7 +322,9 @@ async fn pull_image(
     let finder = tokio::spawn(find_providers(services.clone(), image.id, providers_tx));
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     let mut ticker = tokio::time::interval(TICK);
-    let mut announced_done = u64::MAX;
+    // Announce when the held set grew, not when verification did: chunks become held (and
+    // servable) only at their commit, and same-site pullers wait for exactly those bits.
+    let mut announced_held = usize::MAX;
     let mut last_holdings: HashMap<PeerId, Holdings> = HashMap::new();
     let mut stalled_since: Option<Duration> = None;
     let session: WriteSession<Tag> = services.store.write_session();
@@ -413,8 +424,9 @@ async fn pull_image(
             _ = ticker.tick() => {
                 refresh_sources(&mut dl, services, image.id, &mut last_holdings, now());
                 let stats = dl.stats();
-                if stats.chunks_done != announced_done {
-                    announced_done = stats.chunks_done;
+                let held_now = held.iter().filter(|h| **h).count();
+                if held_now != announced_held {
+                    announced_held = held_now;
                     services.announce_holdings(image.id, bitmap(&held)).await;
                 }
                 let _ = progress.try_send(Response::Progress(PullProgress {
@@ -474,6 +486,19 @@ fn add_source(
     }
     if let Err(err) = dl.add_peer(now, peer, holds) {
         debug!(%peer, %err, "not adding a source");
+        return;
+    }
+    dl.set_peer_locality(now, &peer, locality(services, &peer));
+}
+
+/// Whether `peer` is on our site. A node without a site treats every peer alike (local); one
+/// with a site counts a peer that announced no site, or none yet, as remote: guessing wrong
+/// then costs waiting for a neighbour rather than bytes over the inter-site link.
+fn locality(services: &Services, peer: &PeerId) -> Locality {
+    match services.config.site() {
+        None => Locality::Local,
+        Some(ours) if services.site_of(peer).as_deref() == Some(ours) => Locality::Local,
+        Some(_) => Locality::Remote,
     }
 }
 
@@ -721,6 +746,7 @@ mod tests {
             image: ImageId::from_bytes([1; 32]),
             provider: vwnet_protocol::ids::PeerIdentity::from_bytes([2; 32]),
             holdings: h,
+            site: Some("a".into()),
         });
         use wire::WireMessage as _;
         assert!(wire::GossipMessage::decode(&msg.encode().unwrap()).is_ok());

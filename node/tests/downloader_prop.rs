@@ -1,6 +1,7 @@
 //! Property test: over random peer sets, holdings, behaviours, latencies and hence response
 //! orders, a download always either completes or stalls reporting exactly the chunks that no
 //! remaining peer holds — and the in-flight limits hold at every step (checked by the model).
+//! Half the cases label some peers as on another site, which must not change that outcome.
 
 mod downloader_support;
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use downloader_support::{Behaviour, Net, Node, table};
 use proptest::prelude::*;
-use vwnet_node::downloader::{ChunkIdx, ChunkState, Config};
+use vwnet_node::downloader::{ChunkIdx, ChunkState, Config, Locality};
 
 #[derive(Debug, Clone)]
 struct PeerSpec {
@@ -19,6 +20,7 @@ struct PeerSpec {
     claims_all: bool,
     holds: Vec<bool>,
     leave_ms: u64,
+    remote: bool,
 }
 
 fn peer_spec(n: usize) -> impl Strategy<Value = PeerSpec> {
@@ -30,21 +32,32 @@ fn peer_spec(n: usize) -> impl Strategy<Value = PeerSpec> {
         any::<bool>(),
         proptest::collection::vec(any::<bool>(), n),
         1u64..3000,
+        any::<bool>(),
     )
         .prop_map(
-            |(behaviour, latency_ms, rate, holds_all, claims_all, holds, leave_ms)| PeerSpec {
-                behaviour,
-                latency_ms,
-                rate,
-                holds_all,
-                claims_all,
-                holds,
-                leave_ms,
+            |(behaviour, latency_ms, rate, holds_all, claims_all, holds, leave_ms, remote)| {
+                PeerSpec {
+                    behaviour,
+                    latency_ms,
+                    rate,
+                    holds_all,
+                    claims_all,
+                    holds,
+                    leave_ms,
+                    remote,
+                }
             },
         )
 }
 
-type Scenario = (Vec<u32>, Vec<bool>, Vec<PeerSpec>, (u8, u32, u32), bool);
+type Scenario = (
+    Vec<u32>,
+    Vec<bool>,
+    Vec<PeerSpec>,
+    (u8, u32, u32),
+    bool,
+    bool,
+);
 
 fn scenario() -> impl Strategy<Value = Scenario> {
     // Above 256 chunks, partial peers also take the bitset-intersection path of a pick.
@@ -55,6 +68,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             proptest::collection::vec(peer_spec(n), 0..6),
             (1u8..=3, 1u32..=4, 1u32..=16),
             any::<bool>(),
+            any::<bool>(),
         )
     })
 }
@@ -64,7 +78,7 @@ proptest! {
 
     #[test]
     fn completes_or_reports_exactly_the_unavailable_chunks(
-        (lens, local, peers, (copies, per_peer, chunks_per_req), second) in scenario()
+        (lens, local, peers, (copies, per_peer, chunks_per_req), second, sited) in scenario()
     ) {
         let n = lens.len();
         let config = Config::builder()
@@ -112,6 +126,20 @@ proptest! {
             net.start_pull(b, &b_peers, &[]);
         } else {
             net.start_pull(0, &a_peers, &local);
+        }
+        if sited {
+            // The pullers share a site; labelled servers sit on another one.
+            let now = Duration::ZERO;
+            let pullers: Vec<u32> = if second { vec![0, b] } else { vec![0] };
+            for &me in &pullers {
+                let dl = net.dl_mut(me);
+                dl.set_own_id(&me);
+                for (i, p) in peers.iter().enumerate() {
+                    if p.remote {
+                        dl.set_peer_locality(now, &(i as u32 + 1), Locality::Remote);
+                    }
+                }
+            }
         }
         net.schedule_departures();
         // Backoff is capped at 2 s and nobody blackholes, so an hour of virtual time is ample.

@@ -50,8 +50,9 @@ pub const CATALOG_PROTOCOL: &str = "/vwnet/catalog/1";
 pub const DESCRIPTIONS_TOPIC: &str = "vwnet/descriptions/1";
 /// Gossip topic of lock records.
 pub const LOCKS_TOPIC: &str = "vwnet/locks/1";
-/// Gossip topic of provider announcements.
-pub const PROVIDERS_TOPIC: &str = "vwnet/providers/1";
+/// Gossip topic of provider announcements (version 2: announcements carry the provider's site,
+/// so nodes of version 1 and 2 do not see each other's announcements instead of rejecting them).
+pub const PROVIDERS_TOPIC: &str = "vwnet/providers/2";
 
 /// Most chunk hashes in one [`ChunkRequest`].
 pub const MAX_CHUNKS_PER_REQUEST: usize = 64;
@@ -63,6 +64,8 @@ pub const MAX_CATALOG_ENTRIES: usize = 1024;
 /// Longest chunk bitmap in a provider announcement: one bit per chunk, 262,144 chunks
 /// (a 16 GiB image at 64 KiB chunks). Larger partial images announce a count instead.
 pub const MAX_PROVIDER_BITMAP_LEN: usize = 32 * 1024;
+/// Longest site name in a provider announcement, in bytes.
+pub const MAX_SITE_LEN: usize = 64;
 
 /// Room for framing around the payload of a message: enum tags, varint lengths, ids.
 const FRAMING: usize = 1024;
@@ -403,6 +406,22 @@ pub struct ProviderAnnouncement {
     pub provider: PeerIdentity,
     /// What it holds.
     pub holdings: Holdings,
+    /// The provider's site (`--site`), if it has one: pullers fetch from same-site providers
+    /// what they hold, and what none holds across sites once per site. Non-empty, at most
+    /// [`MAX_SITE_LEN`] bytes.
+    pub site: Option<String>,
+}
+
+impl ProviderAnnouncement {
+    fn validate(&self) -> Result<(), Violation> {
+        if let Some(site) = &self.site {
+            if site.is_empty() {
+                return Err(Violation("empty site name".into()));
+            }
+            at_most("site name bytes", site.len(), MAX_SITE_LEN)?;
+        }
+        self.holdings.validate()
+    }
 }
 
 /// A message on one of the gossip topics.
@@ -433,7 +452,7 @@ impl WireMessage for GossipMessage {
 
     fn validate(&self) -> Result<(), Violation> {
         match self {
-            GossipMessage::Provider(p) => p.holdings.validate(),
+            GossipMessage::Provider(p) => p.validate(),
             GossipMessage::Description(_) | GossipMessage::Lock(_) => Ok(()),
         }
     }

@@ -70,7 +70,7 @@ fn protocol_names_are_versioned() {
     assert_eq!(CATALOG_PROTOCOL, "/vwnet/catalog/1");
     assert_eq!(DESCRIPTIONS_TOPIC, "vwnet/descriptions/1");
     assert_eq!(LOCKS_TOPIC, "vwnet/locks/1");
-    assert_eq!(PROVIDERS_TOPIC, "vwnet/providers/1");
+    assert_eq!(PROVIDERS_TOPIC, "vwnet/providers/2");
 }
 
 #[test]
@@ -171,8 +171,9 @@ fn golden_gossip_messages() {
                 total: 10,
                 bits: vec![0b1010_0101, 0b10],
             },
+            site: None,
         }),
-        &format!("0102{}{provider}020a02a502", "33".repeat(32)),
+        &format!("0102{}{provider}020a02a50200", "33".repeat(32)),
     );
     golden(
         &GossipMessage::Provider(ProviderAnnouncement {
@@ -182,16 +183,18 @@ fn golden_gossip_messages() {
                 held: 5,
                 total: 300,
             },
+            site: Some("b".into()),
         }),
-        &format!("0102{}{provider}0105ac02", "33".repeat(32)),
+        &format!("0102{}{provider}0105ac02010162", "33".repeat(32)),
     );
     golden(
         &GossipMessage::Provider(ProviderAnnouncement {
             image: ImageId::from_bytes([0x33; 32]),
             provider,
             holdings: Holdings::Complete,
+            site: Some("site-a".into()),
         }),
-        &format!("0102{}{provider}00", "33".repeat(32)),
+        &format!("0102{}{provider}000106736974652d61", "33".repeat(32)),
     );
 }
 
@@ -315,6 +318,7 @@ fn provider_bitmaps_must_be_exact() {
             image: ImageId::from_bytes([0; 32]),
             provider,
             holdings,
+            site: None,
         })
     };
     let short = with(Holdings::Bitmap {
@@ -334,6 +338,25 @@ fn provider_bitmaps_must_be_exact() {
     assert!(ok.encode().is_ok());
     let over = with(Holdings::Count { held: 2, total: 1 });
     assert!(over.encode().is_err());
+
+    // Site names: non-empty and bounded, checked on both sides.
+    let sited = |site: &str| {
+        GossipMessage::Provider(ProviderAnnouncement {
+            image: ImageId::from_bytes([0; 32]),
+            provider,
+            holdings: Holdings::Complete,
+            site: Some(site.to_owned()),
+        })
+    };
+    assert!(sited(&"s".repeat(MAX_SITE_LEN)).encode().is_ok());
+    assert!(sited(&"s".repeat(MAX_SITE_LEN + 1)).encode().is_err());
+    assert!(sited("").encode().is_err());
+    let mut bytes = sited(&"s".repeat(MAX_SITE_LEN)).encode().unwrap();
+    // The same message with one byte more in the name, encoded by hand: refused on decode.
+    let at = bytes.len() - MAX_SITE_LEN - 1;
+    bytes[at] += 1;
+    bytes.push(b's');
+    assert!(GossipMessage::decode(&bytes).is_err());
 
     let bits = Holdings::Bitmap {
         total: 10,
@@ -433,6 +456,7 @@ proptest! {
             image: ImageId::from_bytes([1; 32]),
             provider: identity(5).public(),
             holdings: Holdings::Bitmap { total, bits },
+            site: (total % 3 == 0).then(|| format!("site-{seed}")),
         });
         prop_assert_eq!(GossipMessage::decode(&message.encode().unwrap()).unwrap(), message);
     }

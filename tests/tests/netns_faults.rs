@@ -1,6 +1,6 @@
 //! Fault tests on real nodes in network namespaces: a host SIGKILLed mid swarm-pull, a host
 //! serving corrupted chunks, a partition between two sites during a pull, and 2% loss on
-//! every link. Small images and fast links keep each one to seconds; every wait is a
+//! every link; and the two-site WAN budget (each chunk crosses about once). Small images and fast links keep each one to seconds; every wait is a
 //! condition with a deadline. Needs root (see `netns_available`).
 
 use std::fs;
@@ -424,6 +424,61 @@ fn two_percent_loss_on_every_link_still_completes() {
         );
         assert_identical(&tb, &h, &disk, &image);
     }
+}
+
+const TWO_SITES_SLOW_WAN: &str = r#"
+[defaults]
+uplink = "100mbit"
+downlink = "100mbit"
+delay = "1ms"
+[[site]]
+name = "a"
+hosts = 2
+[[site]]
+name = "b"
+hosts = 4
+[[wan]]
+sites = ["a", "b"]
+rate = "20mbit"
+delay = "10ms"
+"#;
+
+/// Regression (#6): every host of a site fetched each chunk across the WAN by itself, so a site
+/// of 8 pullers moved 8 × S over the slow link. Now one host per chunk does and its neighbours
+/// take it from there.
+#[test]
+fn two_site_pull_moves_each_chunk_across_the_wan_about_once() {
+    if !netns_available().unwrap() {
+        return;
+    }
+    let _serial = serial();
+    let tb = testbed(TWO_SITES_SLOW_WAN, |_| Vec::new());
+    let size = 24 * MIB;
+    let (ws, disk, image) = publish_image(&tb, size, 15);
+    let pullers = others(&tb);
+    wait_known(&tb, &pullers, &ws, None).unwrap();
+    let before = tb.wan_counters("a", "b").unwrap();
+    let pulls: Vec<(String, Child)> = pullers
+        .iter()
+        .map(|h| (h.clone(), spawn_pull(&tb, h, &ws)))
+        .collect();
+    for (h, child) in pulls {
+        let summary = finish_pull(&tb, &h, child, Duration::from_secs(120));
+        assert_eq!(
+            summary["bytes_fetched"].as_u64().unwrap(),
+            size,
+            "{summary}"
+        );
+    }
+    let moved = tb.wan_counters("a", "b").unwrap().since(before);
+    let wan = moved.tx_bytes + moved.rx_bytes;
+    // Both directions count: acknowledgements and gossip are part of the budget.
+    assert!(
+        wan <= size * 13 / 10,
+        "{:.2} × S crossed the WAN",
+        wan as f64 / size as f64
+    );
+    assert_identical(&tb, "b4", &disk, &image);
 }
 
 /// `vwnet --json ARGS` on `host` that must fail: returns its one-line error.

@@ -48,6 +48,7 @@ pub struct Config {
     pub(crate) max_peers: usize,
     pub(crate) run_len: usize,
     pub(crate) seed: u64,
+    pub(crate) site_patience: Duration,
 }
 
 impl Config {
@@ -101,6 +102,13 @@ impl Config {
         self.endgame_copies
     }
 
+    /// How long a same-site puller may go without announcing a new chunk before the chunks
+    /// it was to fetch across sites fall to the others, and a failing local peer without
+    /// delivering before it stops counting as a holder.
+    pub fn site_patience(&self) -> Duration {
+        self.site_patience
+    }
+
     /// The tie-break seed.
     pub fn seed(&self) -> u64 {
         self.seed
@@ -130,6 +138,7 @@ impl Default for Config {
             max_peers: 4096,
             run_len: 64,
             seed: 0,
+            site_patience: Duration::from_secs(30),
         }
     }
 }
@@ -219,10 +228,21 @@ impl ConfigBuilder {
         self
     }
 
+    /// How long a same-site puller may go without announcing a new chunk before it stops
+    /// counting as the site's fetcher of its share of remote-only chunks, and a failing local
+    /// peer without delivering before it stops counting as a holder (default 30 s). A live
+    /// puller announces every few seconds; longer means fewer chunks fetched twice across
+    /// sites when a neighbour is briefly slow (a CPU-starved host can stall for many seconds),
+    /// shorter means less waiting on one that died.
+    pub fn site_patience(mut self, patience: Duration) -> Self {
+        self.config.site_patience = patience;
+        self
+    }
+
     /// Checks the limits and returns the configuration.
     pub fn build(self) -> Result<Config, ConfigError> {
         let c = self.config;
-        let positive: [(&'static str, bool); 8] = [
+        let positive: [(&'static str, bool); 9] = [
             ("max_request_bytes", c.max_request_bytes > 0),
             ("max_request_chunks", c.max_request_chunks > 0),
             ("max_requests_per_peer", c.max_requests_per_peer > 0),
@@ -231,6 +251,7 @@ impl ConfigBuilder {
             ("ban_duration", !c.ban_duration.is_zero()),
             ("max_peers", c.max_peers > 0),
             ("run_len", c.run_len > 0),
+            ("site_patience", !c.site_patience.is_zero()),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, ok)| !ok) {
             return Err(ConfigError::Zero(name));

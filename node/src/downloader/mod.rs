@@ -29,6 +29,12 @@
 //!   holder.
 //! - **Endgame**: once every remaining chunk is in flight, idle peers get duplicates of the
 //!   oldest outstanding chunks; when a chunk arrives, requests that became useless are cancelled.
+//! - **Sites**: peers labelled [`Locality::Remote`] with [`Downloader::set_peer_locality`] sit
+//!   behind a slow inter-site link. A chunk a healthy local peer holds is fetched only locally;
+//!   a chunk no local peer holds is fetched remotely by one host of the site, chosen per unit of
+//!   chunks among the site's pulling hosts, while the others wait for it to appear locally
+//!   (see `locality`). Unlabelled peers are local, so a driver that never labels keeps the
+//!   site-blind policy.
 //!
 //! Driving it: build a [`ChunkTable`] from the manifests (shared by `Arc`; chunks are then named
 //! by [`ChunkIdx`]), create a [`Downloader`] minus the locally held chunks, report peers with
@@ -43,6 +49,7 @@
 //! bitset intersection) for a partial one — never a sort of all chunks.
 
 mod config;
+mod locality;
 mod order;
 mod stats;
 mod table;
@@ -55,9 +62,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{Config, ConfigBuilder, ConfigError, MAX_PEERS_LIMIT};
+pub use locality::Locality;
 pub use stats::{PeerStats, Stats};
 pub use table::{ChunkIdx, ChunkTable, ChunkTableError};
 
+use locality::{owned_chunks, stable_hash};
 use order::{RarityOrder, Scan};
 
 /// Per-chunk state byte: queued (wanted, not in flight, not done).
@@ -250,6 +259,26 @@ struct Peer<P> {
     rate: Option<f64>,
     /// When the peer last delivered: a pipelined response's service time starts there.
     last_delivery: Option<Duration>,
+    /// Same site or another one.
+    locality: Locality,
+    /// [`stable_hash`] of the id: the peer's rendezvous key among the site's members.
+    key: u64,
+    /// When the peer was added or last announced a chunk it did not hold before: a local
+    /// partial holder counts as a pulling site member for `site_patience` after that.
+    last_progress: Duration,
+    /// When the peer was added or last delivered.
+    last_alive: Duration,
+}
+
+impl<P> Peer<P> {
+    /// Whether the peer is not failing: a local peer whose requests keep failing does not count
+    /// as a holder or a site member, so its chunks are fetched elsewhere. It takes two failed
+    /// attempts (the retry after a back-off failed too) and `patience` without a delivery: a
+    /// busy or CPU-starved neighbour refuses or times out now and then but delivers in between,
+    /// and fetching its chunks across sites instead would cost far more than waiting.
+    fn healthy(&self, now: Duration, patience: Duration) -> bool {
+        self.strikes < 2 || now < self.last_alive + patience
+    }
 }
 
 #[derive(Debug)]
@@ -266,7 +295,31 @@ struct Req {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Request(u64),
-    Backoff { slot: u32, epoch: u32 },
+    Backoff {
+        slot: u32,
+        epoch: u32,
+    },
+    /// A site member may have gone quiet for `site_patience`: recompute the members.
+    Site,
+}
+
+/// Site-aware state (see `locality`); idle while every peer is local.
+#[derive(Debug)]
+struct SiteState {
+    /// This downloader's rendezvous key, once [`Downloader::set_own_id`] gave its id.
+    me: Option<u64>,
+    /// Peers labelled local and remote.
+    local_peers: usize,
+    remote_peers: usize,
+    /// Chunks some healthy local peer holds, and whether that must be recomputed.
+    local_has: Vec<u64>,
+    local_dirty: bool,
+    /// Keys of the other members (sorted), `None` until computed; and the chunks we own
+    /// among them.
+    members: Option<Vec<u64>>,
+    mine: Vec<u64>,
+    /// When the pending [`Timer::Site`] fires.
+    timer: Option<Duration>,
 }
 
 /// The sans-IO chunk scheduler for one pull; see the module docs for the policy.
@@ -299,6 +352,7 @@ pub struct Downloader<P> {
     complete_sent: bool,
     stalled_sent: bool,
     dirty: bool,
+    site: SiteState,
 }
 
 impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
@@ -326,6 +380,17 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         // ChunkTable indices fit in u32 by construction.
         let order = RarityOrder::new(n as u32, &wanted, config.seed, config.run_len);
         let mut stats = Stats::default();
+        let words = n.div_ceil(64);
+        let site = SiteState {
+            me: None,
+            local_peers: 0,
+            remote_peers: 0,
+            local_has: vec![0; words],
+            local_dirty: false,
+            members: None,
+            mine: vec![u64::MAX; words],
+            timer: None,
+        };
         let state: Vec<u8> = wanted
             .iter()
             .map(|&w| if w { QUEUED } else { NOT_WANTED })
@@ -365,6 +430,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             complete_sent: false,
             stalled_sent: false,
             dirty: true,
+            site,
         })
     }
 
@@ -402,6 +468,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             Holds::Everything => {
                 self.order.inc_all();
                 self.full_peers += 1;
+                self.site.local_dirty = true;
                 Holdings::All
             }
             Holds::Nothing => Holdings::Some(vec![0; self.state.len().div_ceil(64)]),
@@ -418,7 +485,12 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             dull_gen: None,
             rate: None,
             last_delivery: None,
+            locality: Locality::Local,
+            key: stable_hash(&peer),
+            last_progress: self.now,
+            last_alive: self.now,
         });
+        self.site.local_peers += 1;
         self.slot_of.insert(peer.clone(), slot);
         self.peer_stats.entry(peer).or_default();
         self.wake(slot);
@@ -468,9 +540,62 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         }
         if new {
             p.dull_gen = None;
+            p.last_progress = self.now;
+            if p.locality == Locality::Local {
+                self.site.local_dirty = true;
+            }
             self.wake(slot);
         }
         self.finish_event();
+    }
+
+    /// Gives this downloader its own peer id, which turns on the split of remote-only chunks
+    /// among the site's pulling hosts (see the module docs): the id is ranked against theirs.
+    /// Without it, each downloader fetches remote-only chunks by itself.
+    pub fn set_own_id(&mut self, me: &P) {
+        self.site.me = Some(stable_hash(me));
+        self.site.members = None;
+        self.dirty = true;
+    }
+
+    /// Labels a known peer as on this host's site or another one (peers start
+    /// [`Locality::Local`]). Returns whether the peer is known.
+    pub fn set_peer_locality(&mut self, now: Duration, peer: &P, locality: Locality) -> bool {
+        self.advance(now);
+        let Some(&slot) = self.slot_of.get(peer) else {
+            return false;
+        };
+        let Some(p) = self.peers[slot as usize].as_mut() else {
+            return false;
+        };
+        if p.locality != locality {
+            p.locality = locality;
+            p.dull_gen = None;
+            match locality {
+                Locality::Local => {
+                    self.site.local_peers += 1;
+                    self.site.remote_peers -= 1;
+                }
+                Locality::Remote => {
+                    self.site.local_peers -= 1;
+                    self.site.remote_peers += 1;
+                }
+            }
+            self.site.local_dirty = true;
+            self.site.members = None;
+            self.wake(slot);
+        }
+        self.finish_event();
+        true
+    }
+
+    /// A peer's locality, or `None` for an unknown peer.
+    pub fn peer_locality(&self, peer: &P) -> Option<Locality> {
+        Some(
+            self.peers[*self.slot_of.get(peer)? as usize]
+                .as_ref()?
+                .locality,
+        )
     }
 
     /// The response to request `id` from `peer`: the outcome of each chunk it carried. Chunks of
@@ -771,6 +896,14 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
                         self.wake(slot);
                     }
                 }
+                Timer::Site => {
+                    if self.site.timer == Some(t) {
+                        self.site.timer = None;
+                        self.site.members = None;
+                        self.site.local_dirty = true;
+                        self.dirty = true;
+                    }
+                }
             }
         }
     }
@@ -784,6 +917,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
                 Timer::Backoff { slot, epoch } => self
                     .peer_ref(slot)
                     .is_some_and(|p| p.epoch == epoch && p.backoff_until == Some(t)),
+                Timer::Site => self.site.timer == Some(t),
             };
             if live {
                 break;
@@ -853,6 +987,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         // Requests that were in flight together and fail together are one incident: escalate
         // only when the peer is not already backing off.
         if p.backoff_until.is_none() {
+            if p.locality == Locality::Local {
+                self.site.local_dirty = true;
+            }
             p.strikes = p.strikes.saturating_add(1);
             let factor = 1u32.checked_shl(p.strikes - 1).unwrap_or(u32::MAX);
             let backoff = base.checked_mul(factor).map_or(max, |b| b.min(max));
@@ -954,6 +1091,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             bits[c as usize / 64] &= !(1 << (c % 64));
             self.order.dec(c);
         }
+        if p.locality == Locality::Local {
+            self.site.local_dirty = true;
+        }
     }
 
     fn upgrade_to_full(&mut self, slot: u32) {
@@ -965,6 +1105,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         };
         p.dull_gen = None;
         self.full_peers += 1;
+        if p.locality == Locality::Local {
+            self.site.local_dirty = true;
+        }
         for c in 0..self.state.len() as u32 {
             if !bits_has(&bits, c) {
                 self.order.inc(c);
@@ -1006,6 +1149,13 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             return;
         };
         self.slot_of.remove(&p.id);
+        match p.locality {
+            Locality::Local => {
+                self.site.local_peers -= 1;
+                self.site.local_dirty = true;
+            }
+            Locality::Remote => self.site.remote_peers -= 1,
+        }
         self.epochs[slot as usize] = self.epochs[slot as usize].wrapping_add(1);
         self.free_slots.push(slot);
         match p.holds {
@@ -1033,6 +1183,10 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         let Some(p) = self.peers[slot as usize].as_mut() else {
             return;
         };
+        if p.strikes > 0 && p.locality == Locality::Local {
+            // Healthy again: its chunks count as held locally.
+            self.site.local_dirty = true;
+        }
         p.strikes = 0;
         if let Some(sent) = sent {
             // Pipelined requests are served one after another: this one's service started when
@@ -1051,6 +1205,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             }
         }
         p.last_delivery = Some(now);
+        p.last_alive = now;
         let epoch = p.epoch;
         let until = now + self.config.request_timeout;
         for (&id, r) in self.requests.iter_mut() {
@@ -1102,8 +1257,113 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             <= self.config.max_bytes_in_flight
     }
 
+    /// Brings the site state up to date before scheduling: which chunks healthy local peers
+    /// hold, who the site's pulling members are, which chunks we own among them. Remote peers
+    /// are woken when their share of eligible chunks may have grown.
+    fn refresh_site(&mut self) {
+        if self.site.remote_peers == 0 {
+            return;
+        }
+        let patience = self.config.site_patience;
+        let now = self.now;
+        // The next time the members or the healthy holders may change without an event.
+        let mut wake_at: Option<Duration> = None;
+        let mut at = |t: Duration| wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
+        for p in self.peers.iter().flatten() {
+            if p.locality == Locality::Local && p.strikes >= 2 && p.healthy(now, patience) {
+                at(p.last_alive + patience);
+            }
+        }
+        let mut grew = false;
+        if self.site.local_dirty {
+            self.site.local_dirty = false;
+            let mut now_has = vec![0u64; self.site.local_has.len()];
+            for p in self.peers.iter().flatten() {
+                if p.locality != Locality::Local || !p.healthy(now, patience) {
+                    continue;
+                }
+                match &p.holds {
+                    Holdings::All => now_has.fill(u64::MAX),
+                    Holdings::Some(bits) => {
+                        for (w, b) in now_has.iter_mut().zip(bits) {
+                            *w |= b;
+                        }
+                    }
+                }
+            }
+            grew |= self
+                .site
+                .local_has
+                .iter()
+                .zip(&now_has)
+                .any(|(old, new)| old & !new != 0);
+            self.site.local_has = now_has;
+        }
+        if let Some(me) = self.site.me {
+            let mut members = Vec::new();
+            for p in self.peers.iter().flatten() {
+                let until = p.last_progress + patience;
+                if p.locality == Locality::Local
+                    && matches!(p.holds, Holdings::Some(_))
+                    && p.healthy(now, patience)
+                    && until > now
+                {
+                    members.push(p.key);
+                    at(until);
+                }
+            }
+            members.sort_unstable();
+            if self.site.members.as_ref() != Some(&members) {
+                let mine = owned_chunks(self.state.len() as u32, me, &members);
+                grew |= mine
+                    .iter()
+                    .zip(&self.site.mine)
+                    .any(|(new, old)| new & !old != 0);
+                self.site.mine = mine;
+                self.site.members = Some(members);
+            }
+        }
+        if let Some(t) = wake_at
+            && self.site.timer.is_none_or(|pending| t < pending)
+        {
+            self.site.timer = Some(t);
+            self.timers.push(Reverse((t, Timer::Site)));
+        }
+        if grew {
+            self.requeue_gen += 1;
+            for slot in 0..self.peers.len() as u32 {
+                if self
+                    .peer_ref(slot)
+                    .is_some_and(|p| p.locality == Locality::Remote)
+                {
+                    self.wake(slot);
+                }
+            }
+        }
+    }
+
+    /// The chunks a remote peer holding `holds` may be asked for: those no healthy local peer
+    /// holds and (once this downloader knows its own id) that fall in units we own.
+    fn remote_mask(&self, holds: &Holdings) -> Vec<u64> {
+        let owned = self.site.me.is_some();
+        self.site
+            .local_has
+            .iter()
+            .zip(&self.site.mine)
+            .enumerate()
+            .map(|(w, (&local, &mine))| {
+                let held = match holds {
+                    Holdings::All => u64::MAX,
+                    Holdings::Some(bits) => bits.get(w).copied().unwrap_or(0),
+                };
+                held & !local & if owned { mine } else { u64::MAX }
+            })
+            .collect()
+    }
+
     /// Hands out requests to ready peers until limits or chunks run out.
     fn schedule(&mut self) {
+        self.refresh_site();
         while self.global_room() {
             let Some((slot, epoch)) = self.ready.pop_front() else {
                 break;
@@ -1175,6 +1435,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         let Some(p) = self.peers[slot as usize].as_ref() else {
             return Vec::new();
         };
+        // A remote peer is asked only for chunks this host should fetch across sites.
+        let mask = (p.locality == Locality::Remote).then(|| self.remote_mask(&p.holds));
+        let mask = mask.as_deref();
         let holds = &p.holds;
         let full_peers = self.full_peers;
         let order = &mut self.order;
@@ -1187,9 +1450,10 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         'rounds: while batch.len() < max_chunks {
             // Enough candidates to fill the request in one round if none extends into a run.
             let need = (max_chunks - batch.len()).min(((budget - bytes) / avg_len + 1) as usize);
-            let candidates: Vec<u32> = match holds {
-                Holdings::All => order.first_available(need),
-                Holdings::Some(bits) => {
+            let candidates: Vec<u32> = match (mask, holds) {
+                (Some(mask), _) => order.rarest_in(mask, need),
+                (None, Holdings::All) => order.first_available(need),
+                (None, Holdings::Some(bits)) => {
                     let mut hits = Vec::new();
                     // Every full holder holds every chunk, so a chunk this partial peer holds
                     // has more holders than there are full holders: skip the rarer buckets
@@ -1235,7 +1499,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
                         let cu = c as u32;
                         let len = u64::from(lens[cu as usize]);
                         if !order.is_queued(cu)
-                            || !holds.has(cu)
+                            || !mask.map_or_else(|| holds.has(cu), |m| bits_has(m, cu))
                             || order.avail(cu) > rarity
                             || bytes + len > budget
                         {
@@ -1262,6 +1526,10 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         let Some(p) = self.peers[slot as usize].as_ref() else {
             return Vec::new();
         };
+        // Duplicates across sites would load the slow link most when it is the bottleneck.
+        if p.locality == Locality::Remote && self.site.local_peers > 0 {
+            return Vec::new();
+        }
         let mut seen: HashSet<u32> = self
             .requests
             .values()

@@ -312,3 +312,316 @@ fn requests_are_sized_to_a_slow_peers_rate() {
         "{again:?}"
     );
 }
+
+// ----- sites ---------------------------------------------------------------------------------
+
+/// Serves every request at once and in full, reporting the chunks each peer was asked for.
+fn serve_all(d: &mut Downloader<u32>, now: Duration) -> Vec<(u32, Vec<ChunkIdx>)> {
+    let mut asked = Vec::new();
+    loop {
+        let reqs = requests(&drain(d, now));
+        if reqs.is_empty() {
+            return asked;
+        }
+        for (peer, id, chunks) in reqs {
+            d.on_response(now, &peer, id, ok(&chunks));
+            asked.push((peer, chunks));
+        }
+    }
+}
+
+fn chunks_of(asked: &[(u32, Vec<ChunkIdx>)], peer: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = asked
+        .iter()
+        .filter(|(p, _)| *p == peer)
+        .flat_map(|(_, c)| c.iter().map(|c| c.0))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn chunks_a_local_peer_holds_are_not_fetched_remotely() {
+    let mut d = Downloader::new(config().build().unwrap(), table(64, 1024), []).unwrap();
+    d.add_peer(Duration::ZERO, 1, Holds::Nothing).unwrap();
+    d.peer_has(Duration::ZERO, &1, (0..40).map(ChunkIdx));
+    d.add_peer(Duration::ZERO, 9, Holds::Everything).unwrap();
+    assert!(d.set_peer_locality(Duration::ZERO, &9, Locality::Remote));
+    assert!(!d.set_peer_locality(Duration::ZERO, &7, Locality::Remote));
+    assert_eq!(d.peer_locality(&9), Some(Locality::Remote));
+    assert_eq!(d.peer_locality(&1), Some(Locality::Local));
+    let asked = serve_all(&mut d, MS);
+    assert!(d.is_complete());
+    assert_eq!(chunks_of(&asked, 1), (0..40).collect::<Vec<_>>());
+    assert_eq!(chunks_of(&asked, 9), (40..64).collect::<Vec<_>>());
+}
+
+/// Without labels every peer is local: the same requests as a site-blind downloader.
+#[test]
+fn unlabelled_peers_keep_the_site_blind_schedule() {
+    let run = |label: bool| {
+        let mut d = Downloader::new(config().build().unwrap(), table(64, 1024), []).unwrap();
+        d.set_own_id(&0);
+        d.add_peer(Duration::ZERO, 1, Holds::Nothing).unwrap();
+        d.peer_has(Duration::ZERO, &1, (0..40).map(ChunkIdx));
+        d.add_peer(Duration::ZERO, 9, Holds::Everything).unwrap();
+        if label {
+            d.set_peer_locality(Duration::ZERO, &9, Locality::Local);
+        }
+        serve_all(&mut d, MS)
+    };
+    let blind = run(false);
+    assert_eq!(blind, run(true));
+    assert!(!chunks_of(&blind, 9).is_empty());
+}
+
+/// Two same-site pullers and a remote seed: this downloader fetches across sites only the
+/// units it owns while the other puller makes progress, and takes over the rest once that one
+/// has been silent for `site_patience`.
+#[test]
+fn remote_only_chunks_are_split_among_the_sites_pullers() {
+    let patience = Duration::from_secs(5);
+    let config = config().site_patience(patience).build().unwrap();
+    let n = 256;
+    let mut d = Downloader::new(config, table(n, 1024), []).unwrap();
+    d.set_own_id(&0);
+    d.add_peer(Duration::ZERO, 1, Holds::Nothing).unwrap();
+    d.add_peer(Duration::ZERO, 9, Holds::Everything).unwrap();
+    d.set_peer_locality(Duration::ZERO, &9, Locality::Remote);
+    let mine = owned_chunks(n, stable_hash(&0u32), &[stable_hash(&1u32)]);
+    let owned: Vec<u32> = (0..n).filter(|&c| bits_has(&mine, c)).collect();
+    assert!(
+        !owned.is_empty() && owned.len() < n as usize,
+        "{}",
+        owned.len()
+    );
+
+    let asked = serve_all(&mut d, MS);
+    assert_eq!(chunks_of(&asked, 9), owned);
+    // Waiting for the other puller is not a stall, and a timer wakes us when it may have died.
+    assert!(drain(&mut d, MS).is_empty());
+    assert_eq!(d.next_deadline(), Some(patience));
+
+    // It announces what it fetched: we take that from it, not from the remote seed.
+    let theirs: Vec<u32> = (0..n).filter(|c| !owned.contains(c)).collect();
+    let half = &theirs[..theirs.len() / 2];
+    let t = Duration::from_secs(2);
+    d.peer_has(t, &1, half.iter().map(|&c| ChunkIdx(c)));
+    let asked = serve_all(&mut d, t);
+    assert_eq!(chunks_of(&asked, 1), half.to_vec());
+    assert!(chunks_of(&asked, 9).is_empty());
+    // The first timer finds it still making progress.
+    assert_eq!(d.next_deadline(), Some(patience));
+    assert!(drain(&mut d, patience).is_empty());
+    assert_eq!(d.next_deadline(), Some(t + patience));
+
+    // Then it goes quiet: after `patience` the rest comes from the seed.
+    let later = t + patience;
+    let asked = serve_all(&mut d, later);
+    assert_eq!(chunks_of(&asked, 9), theirs[theirs.len() / 2..].to_vec());
+    assert!(d.is_complete());
+}
+
+/// A local peer whose requests keep failing stops counting as a holder: a dead neighbour's
+/// bitmap does not keep its chunks from being fetched across sites for long.
+#[test]
+fn failing_local_holder_lets_its_chunks_come_from_the_remote_site() {
+    let patience = Duration::from_secs(5);
+    let config = config().site_patience(patience).build().unwrap();
+    let mut d = Downloader::new(config, table(8, 1024), []).unwrap();
+    d.add_peer(Duration::ZERO, 1, Holds::Everything).unwrap();
+    d.add_peer(Duration::ZERO, 9, Holds::Everything).unwrap();
+    d.set_peer_locality(Duration::ZERO, &9, Locality::Remote);
+    let reqs = requests(&drain(&mut d, Duration::ZERO));
+    assert!(reqs.iter().all(|r| r.0 == 1), "{reqs:?}");
+    for (peer, id, _) in &reqs {
+        d.on_failure(MS, peer, *id, Failure::Other);
+    }
+    // One failure may be a busy peer: wait for its back-off (1 s) and ask it again.
+    assert!(drain(&mut d, MS).is_empty());
+    let t = Duration::from_secs(1) + MS;
+    let retry = requests(&drain(&mut d, t));
+    assert_eq!(retry.len(), 1, "{retry:?}");
+    assert_eq!(retry[0].0, 1);
+    // It fails again, but a busy or starved neighbour does that too: wait for `patience`
+    // without a delivery from it before going across sites.
+    d.on_failure(t, &1, retry[0].1, Failure::Other);
+    assert!(requests(&drain(&mut d, t)).is_empty());
+    let reqs = requests(&drain(&mut d, patience - MS));
+    assert!(reqs.iter().all(|r| r.0 == 1), "{reqs:?}");
+    let reqs = requests(&drain(&mut d, patience));
+    assert!(reqs.iter().any(|r| r.0 == 9), "{reqs:?}");
+    assert!(reqs.iter().all(|r| r.0 == 9), "{reqs:?}");
+}
+
+/// The endgame duplicates a slow request on another local peer, never across sites while a
+/// local peer is there.
+#[test]
+fn endgame_duplicates_stay_on_the_site() {
+    let mut d = Downloader::new(config().build().unwrap(), table(4, 1024), []).unwrap();
+    d.add_peer(Duration::ZERO, 9, Holds::Everything).unwrap();
+    d.set_peer_locality(Duration::ZERO, &9, Locality::Remote);
+    d.add_peer(Duration::ZERO, 1, Holds::Nothing).unwrap();
+    d.peer_has(Duration::ZERO, &1, [ChunkIdx(0), ChunkIdx(1)]);
+    let reqs = requests(&drain(&mut d, Duration::ZERO));
+    assert_eq!(
+        chunks_of(
+            &reqs.iter().map(|r| (r.0, r.2.clone())).collect::<Vec<_>>(),
+            9
+        ),
+        [2, 3]
+    );
+    // Everything is in flight; another full local peer gets the duplicates, the remote seed none.
+    d.add_peer(MS, 2, Holds::Everything).unwrap();
+    let dup = requests(&drain(&mut d, MS));
+    assert!(!dup.is_empty() && dup.iter().all(|r| r.0 == 2), "{dup:?}");
+    assert!(d.stats().endgame_requests >= 1);
+}
+
+/// A small two-site swarm, sans IO: a seed and three pullers on site a, four pullers on site b,
+/// one FIFO pipe between the sites, provider announcements every 500 ms. Each chunk should
+/// cross the inter-site link about once, and never towards the seed's site.
+#[test]
+fn two_sites_cross_the_wan_about_once_per_chunk() {
+    let (blind_wan, _) = two_site_swarm(false);
+    let (wan, per_chunk) = two_site_swarm(true);
+    let n = per_chunk.len() as u64;
+    assert!(
+        blind_wan >= 2 * n,
+        "site-blind crossed {blind_wan} times for {n} chunks"
+    );
+    let twice = per_chunk.iter().filter(|&&k| k > 1).count();
+    eprintln!("site-blind: {blind_wan} crossings; site-aware: {wan}, {twice} chunks twice");
+    assert!(wan * 10 <= n * 12, "{wan} crossings for {n} chunks");
+    assert!(
+        per_chunk.iter().all(|&k| k >= 1),
+        "a chunk reached site b without crossing"
+    );
+    let twice = per_chunk.iter().filter(|&&k| k > 1).count() as u64;
+    assert!(
+        twice * 10 <= n,
+        "{twice} of {n} chunks crossed more than once"
+    );
+}
+
+/// Runs the swarm of [`two_sites_cross_the_wan_about_once_per_chunk`]; returns the chunk
+/// crossings of the inter-site link in all, and per chunk towards site b.
+fn two_site_swarm(site_aware: bool) -> (u64, Vec<u32>) {
+    const SEED: u32 = 0;
+    const HOSTS: u32 = 8;
+    const LEN: u32 = 16 * 1024;
+    let n = 512u32;
+    let site = |h: u32| h >= 4; // site b: hosts 4..8; site a: the seed and hosts 1..4
+    let cat = table(n, LEN);
+    let config = Config::builder()
+        .max_request_bytes(256 * 1024)
+        .max_request_chunks(16)
+        .max_requests_per_peer(4)
+        .max_bytes_per_peer(1 << 20)
+        .max_bytes_in_flight(8 << 20)
+        .request_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut dls: Vec<Option<Downloader<u32>>> = vec![None];
+    for h in 1..HOSTS {
+        let mut d =
+            Downloader::new(config.clone().with_seed(u64::from(h)), cat.clone(), []).unwrap();
+        d.set_own_id(&h);
+        for p in 0..HOSTS {
+            if p == h {
+                continue;
+            }
+            let holds = if p == SEED {
+                Holds::Everything
+            } else {
+                Holds::Nothing
+            };
+            d.add_peer(Duration::ZERO, p, holds).unwrap();
+            if site_aware && site(p) != site(h) {
+                d.set_peer_locality(Duration::ZERO, &p, Locality::Remote);
+            }
+        }
+        dls.push(Some(d));
+    }
+    // In flight: (done at, from, to, request, chunks).
+    let mut flights: Vec<(Duration, u32, u32, RequestId, Vec<ChunkIdx>)> = Vec::new();
+    let mut wan_free = [Duration::ZERO; 2];
+    let mut down_free = vec![Duration::ZERO; HOSTS as usize];
+    let mut unannounced: Vec<Vec<ChunkIdx>> = vec![Vec::new(); HOSTS as usize];
+    let mut per_chunk = vec![0u32; n as usize];
+    let mut wan = 0u64;
+    let step = Duration::from_millis(10);
+    let mut now = Duration::ZERO;
+    while dls.iter().flatten().any(|d| !d.is_complete()) {
+        assert!(now < Duration::from_secs(600), "the swarm did not finish");
+        // Deliveries due by now.
+        let (due, rest): (Vec<_>, Vec<_>) = flights.into_iter().partition(|f| f.0 <= now);
+        flights = rest;
+        for (_, from, to, id, chunks) in due {
+            if site(from) != site(to) {
+                wan += chunks.len() as u64;
+                if site(to) {
+                    for c in &chunks {
+                        per_chunk[c.as_usize()] += 1;
+                    }
+                }
+            }
+            let Some(d) = dls[to as usize].as_mut() else {
+                continue;
+            };
+            for &c in &chunks {
+                if d.chunk_state(c) != Some(ChunkState::Done) {
+                    unannounced[to as usize].push(c);
+                }
+            }
+            d.on_response(now, &from, id, ok(&chunks));
+        }
+        // Provider announcements every 500 ms.
+        if now.as_millis().is_multiple_of(500) {
+            for h in 1..HOSTS {
+                let news = std::mem::take(&mut unannounced[h as usize]);
+                for (o, d) in dls.iter_mut().enumerate() {
+                    if let Some(d) = d.as_mut().filter(|_| o as u32 != h) {
+                        d.peer_has(now, &h, news.iter().copied());
+                    }
+                }
+            }
+        }
+        for h in 1..HOSTS {
+            let Some(d) = dls[h as usize].as_mut() else {
+                continue;
+            };
+            while let Some(a) = d.poll(now) {
+                match a {
+                    Action::Request {
+                        peer,
+                        id,
+                        chunks,
+                        bytes,
+                        ..
+                    } => {
+                        // 4 MB/s between the sites (one pipe per direction), 40 MB/s into each
+                        // host, 20 ms and 1 ms of latency.
+                        let cross = site(peer) != site(h);
+                        let (lat, rate, free) = if cross {
+                            (20, 4e6, &mut wan_free[usize::from(site(h))])
+                        } else {
+                            (1, 40e6, &mut down_free[h as usize])
+                        };
+                        let start = (*free).max(now + Duration::from_millis(lat));
+                        let end = start + Duration::from_secs_f64(bytes as f64 / rate);
+                        *free = end;
+                        flights.push((end, peer, h, id, chunks));
+                    }
+                    Action::Cancel { id, .. } => flights.retain(|f| f.3 != id),
+                    _ => {}
+                }
+            }
+        }
+        now += step;
+    }
+    for d in dls.iter().flatten() {
+        d.check();
+    }
+    (wan, per_chunk)
+}

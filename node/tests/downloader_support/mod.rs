@@ -493,6 +493,10 @@ impl Net {
         self.nodes[id as usize].downloader.as_ref().expect("puller")
     }
 
+    pub fn dl_mut(&mut self, id: u32) -> &mut Downloader<u32> {
+        self.nodes[id as usize].downloader.as_mut().expect("puller")
+    }
+
     /// Wanted chunks of node `id` held by some honest node that never leaves, or by a puller.
     pub fn honest_holders_cover(
         &self,

@@ -94,6 +94,8 @@ pub struct BenchReport {
     pub hosts: Vec<HostResult>,
     /// Bytes over each WAN link (both directions) during the timed part, by `a-b`.
     pub wan_bytes: BTreeMap<String, u64>,
+    /// The same per direction: `a-b>` from the first site named to the second, `a-b<` back.
+    pub wan_bytes_directed: BTreeMap<String, u64>,
     /// Bytes received by all hosts (the publisher included) during the timed part.
     pub network_bytes: u64,
     /// Seconds until the last host completed.
@@ -276,6 +278,17 @@ pub fn run(topology: &Topology, config: &BenchConfig) -> Result<BenchReport, Tes
             (label.clone(), a.since(a0).tx_bytes + b.since(b0).tx_bytes)
         })
         .collect();
+    let wan_bytes_directed = after
+        .wans
+        .iter()
+        .flat_map(|(label, (a, b))| {
+            let (a0, b0) = started.wans[label];
+            [
+                (format!("{label}>"), a.since(a0).tx_bytes),
+                (format!("{label}<"), b.since(b0).tx_bytes),
+            ]
+        })
+        .collect();
     let wall_secs = hosts.iter().map(|h| h.completed_secs).fold(0.0, f64::max);
     tb.teardown()?;
     Ok(BenchReport {
@@ -285,6 +298,7 @@ pub fn run(topology: &Topology, config: &BenchConfig) -> Result<BenchReport, Tes
         update_pct: config.update_pct,
         hosts,
         wan_bytes,
+        wan_bytes_directed,
         network_bytes,
         wall_secs,
         publish_secs,

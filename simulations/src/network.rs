@@ -10,7 +10,9 @@
 //! Efficiency: a start or an end only marks the links of that flow dirty. [`Network::recompute`]
 //! walks the connected component (links ↔ flows) of the dirty links and re-solves only it;
 //! flows elsewhere keep their rates and their completion entries. Completions sit in a heap
-//! with a version per flow, so a re-rated flow pushes a new entry and the stale one is skipped.
+//! with a version per flow, so a re-rated flow pushes a new entry and the stale one is skipped;
+//! versions live with the flow *slot* and keep counting when the slot is reused, so an entry
+//! left by a finished flow can never complete its successor early.
 //! Unlimited links are left out of paths altogether: they never constrain anything.
 
 use std::cmp::Ordering;
@@ -103,6 +105,8 @@ pub struct Network {
     links: Vec<Link>,
     flows: Vec<Option<Flow>>,
     free: Vec<FlowId>,
+    /// Next version of each flow slot (survives reuse of the slot).
+    slot_version: Vec<u32>,
     dirty: Vec<LinkId>,
     /// Flows with no finite link: they complete at once.
     instant: Vec<FlowId>,
@@ -144,6 +148,7 @@ impl Network {
             Some(id) => id,
             None => {
                 self.flows.push(None);
+                self.slot_version.push(0);
                 (self.flows.len() - 1) as FlowId
             }
         };
@@ -163,7 +168,7 @@ impl Network {
             remaining: bytes.max(0.0),
             rate: 0.0,
             since: now,
-            version: 0,
+            version: self.slot_version[id as usize],
             stamp: 0,
             frozen: false,
             tag,
@@ -176,6 +181,8 @@ impl Network {
     pub fn remove(&mut self, now: f64, id: FlowId) -> Option<(u64, f64)> {
         self.settle(id, now);
         let flow = self.flows.get_mut(id as usize)?.take()?;
+        // Entries of this flow still in the heap must not match the slot's next occupant.
+        self.slot_version[id as usize] = flow.version.wrapping_add(1);
         for (&l, &p) in flow.links.iter().zip(&flow.pos) {
             let list = &mut self.links[l as usize].flows;
             list.swap_remove(p as usize);
@@ -238,7 +245,7 @@ impl Network {
         for id in std::mem::take(&mut self.instant) {
             if let Some(f) = self.flows[id as usize].as_mut() {
                 f.rate = f64::INFINITY;
-                f.version += 1;
+                f.version = f.version.wrapping_add(1);
                 self.due.push(Due {
                     at: now,
                     flow: id,
@@ -405,6 +412,31 @@ mod tests {
         assert_eq!(n.pop_completion(), Some((f, 7)));
         assert!(close(n.carried(a), 400.0));
         assert_eq!(n.active(), 0);
+    }
+
+    #[test]
+    fn a_reused_flow_slot_is_not_completed_by_its_predecessors_entries() {
+        // Regression: versions restarted at 0 on slot reuse, so a finished flow's stale heap
+        // entry completed the slot's next flow early and links carried more than capacity.
+        let mut n = Network::new();
+        let l = n.add_link(10.0);
+        let a = n.start(0.0, &[l], 100.0, 1);
+        n.recompute(0.0); // a due at 10
+        let b = n.start(1.0, &[l], 100.0, 2);
+        n.recompute(1.0); // a re-rated: its entry at 10 is stale
+        n.remove(2.0, a);
+        let c = n.start(2.0, &[l], 100.0, 3);
+        assert_eq!(c, a, "the slot is reused");
+        n.recompute(2.0);
+        // b has 95 bytes left at t = 2 and c 100, both at 5/s: b ends at 21, c at 22.
+        let (t, id) = n.next_completion().unwrap();
+        assert_eq!(id, b);
+        assert!(close(t, 21.0), "{t}");
+        assert_eq!(n.pop_completion(), Some((b, 2)));
+        n.recompute(21.0);
+        let (t, id) = n.next_completion().unwrap();
+        assert_eq!(id, c);
+        assert!(close(t, 21.5), "{t}");
     }
 
     #[test]

@@ -73,9 +73,13 @@ pub struct Outcome {
 
 /// Builds the payload (whole size and piece tables) of an image.
 pub fn payload(image: &ImageModel, piece: u64) -> Result<Payload, ReportError> {
+    let distinct = image.distinct_chunks();
+    let avg_chunk =
+        distinct.iter().map(|c| u64::from(c.len)).sum::<u64>() / distinct.len().max(1) as u64;
     Ok(Payload {
         whole_bytes: image.size,
-        table: pieces(&image.distinct_chunks(), piece)?.table,
+        avg_chunk,
+        table: pieces(&distinct, piece)?.table,
         delta_table: pieces(&image.delta_chunks(), piece)?.table,
     })
 }

@@ -12,6 +12,10 @@
 //! [swarm]
 //! piece = "1MiB"            # 0 = schedule single chunks, like the node
 //! neighbours = 32
+//! # Overrides of the node's downloader settings (absent: the node's own, from
+//! # `vwnet_node::pull::downloader_config`): max_requests_per_peer, request_timeout,
+//! # max_request_bytes, max_bytes_per_peer, endgame_copies.
+//! site_aware = true         # label peers by site as the node does (false: site-blind)
 //! [workload]
 //! pullers = 100             # or sweep = [1, 10, 100]
 //! arrivals_per_sec = 2.0    # Poisson arrivals; absent = flash crowd at t = 0
@@ -28,7 +32,7 @@ use serde::Deserialize;
 use crate::image::{
     GenerateSpec, ImageError, ImageModel, chunk_to_manifest, generate_pair, read_manifest,
 };
-use crate::sim::{Arrivals, Churn, NodeLimits, Strategy, SwarmParams, Workload};
+use crate::sim::{Arrivals, Churn, LimitOverrides, Strategy, SwarmParams, Workload};
 use crate::topology::{Topology, TopologyError, parse_delay, parse_rate};
 
 /// Why a scenario could not be loaded.
@@ -151,6 +155,10 @@ struct RawSwarm {
     verify_rate: Option<String>,
     max_requests_per_peer: Option<u32>,
     request_timeout: Option<String>,
+    max_request_bytes: Option<String>,
+    max_bytes_per_peer: Option<String>,
+    endgame_copies: Option<u8>,
+    site_aware: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -363,18 +371,37 @@ impl Scenario {
             return Err(bad("image", "no source"));
         };
         let rs = &raw.swarm;
-        let mut limits = NodeLimits::default();
+        let mut limits = LimitOverrides::default();
         if let Some(n) = rs.max_requests_per_peer {
             if n == 0 {
                 return Err(bad("swarm.max_requests_per_peer", "must be > 0"));
             }
-            limits.max_requests_per_peer = n;
+            limits.max_requests_per_peer = Some(n);
         }
-        limits.request_timeout = dur(
-            "swarm.request_timeout",
-            &rs.request_timeout,
-            limits.request_timeout,
-        )?;
+        if let Some(t) = &rs.request_timeout {
+            let t = parse_duration(t).map_err(|e| bad("swarm.request_timeout", e))?;
+            if t <= 0.0 {
+                return Err(bad("swarm.request_timeout", "must be > 0"));
+            }
+            limits.request_timeout = Some(t);
+        }
+        let size = |field: &str, v: &Option<String>| -> Result<Option<u64>, ScenarioError> {
+            match v {
+                None => Ok(None),
+                Some(t) => match parse_size(t).map_err(|e| bad(field, e))? {
+                    0 => Err(bad(field, "must be > 0")),
+                    n => Ok(Some(n)),
+                },
+            }
+        };
+        limits.max_request_bytes = size("swarm.max_request_bytes", &rs.max_request_bytes)?;
+        limits.max_bytes_per_peer = size("swarm.max_bytes_per_peer", &rs.max_bytes_per_peer)?;
+        if let Some(c) = rs.endgame_copies {
+            if !(1..=8).contains(&c) {
+                return Err(bad("swarm.endgame_copies", "must be in 1..=8"));
+            }
+            limits.endgame_copies = Some(c);
+        }
         let defaults = SwarmParams::default();
         let swarm = SwarmParams {
             piece: match &rs.piece {
@@ -395,6 +422,7 @@ impl Scenario {
                 None => None,
             },
             limits,
+            site_aware: rs.site_aware.unwrap_or(defaults.site_aware),
         };
         if swarm.announce_every <= 0.0 {
             return Err(bad("swarm.announce_every", "must be > 0"));

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use vwnet_node::downloader::{
     Action, ChunkIdx, ChunkOutcome, ChunkState, ChunkTable, Config, ConfigError, Downloader,
-    Failure, Holds, RequestId,
+    Failure, Holds, Locality, RequestId,
 };
 
 use crate::network::{FlowId, LinkId, Network};
@@ -69,33 +69,82 @@ impl Strategy {
     }
 }
 
-/// Node downloader settings the swarm hosts use; the defaults are those of
-/// `node/src/pull.rs` (`downloader_config`), which keeps its builder private.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeLimits {
-    /// Bytes per request (`wire::MAX_CHUNK_RESPONSE_DATA`).
-    pub max_request_bytes: u64,
-    /// Chunks per request (`wire::MAX_CHUNKS_PER_REQUEST`).
-    pub max_request_chunks: usize,
+/// Scenario overrides of the node's downloader settings (`None`: the node's value).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LimitOverrides {
     /// Requests in flight per peer.
-    pub max_requests_per_peer: u32,
-    /// Bytes in flight per peer.
-    pub max_bytes_per_peer: u64,
+    pub max_requests_per_peer: Option<u32>,
     /// Request timeout, seconds.
-    pub request_timeout: f64,
+    pub request_timeout: Option<f64>,
+    /// Bytes per request (the node: the wire limit, 4 MiB).
+    pub max_request_bytes: Option<u64>,
+    /// Bytes in flight per peer.
+    pub max_bytes_per_peer: Option<u64>,
+    /// Endgame copies (1: no endgame duplicates).
+    pub endgame_copies: Option<u8>,
 }
 
-impl Default for NodeLimits {
-    fn default() -> Self {
-        NodeLimits {
-            max_request_bytes: 4 << 20,
-            max_request_chunks: 64,
-            max_requests_per_peer: 8,
-            max_bytes_per_peer: 32 << 20,
-            request_timeout: 20.0,
-        }
+/// The downloader configuration of a simulated host: the node's own
+/// (`vwnet_node::pull::downloader_config`), so that a change there shows here, adapted only
+/// where pieces replace chunks: a request carries as many pieces as fit in the node's request
+/// bytes, and a shuffle run spans about as many bytes as the node's does.
+pub fn swarm_config(
+    piece: u64,
+    max_piece: u64,
+    avg_chunk: u64,
+    overrides: &LimitOverrides,
+    neighbours: usize,
+    seed: u64,
+) -> Result<Config, ConfigError> {
+    let node = vwnet_node::pull::downloader_config()?;
+    let exact = piece == 0 && *overrides == LimitOverrides::default() && neighbours + 2 <= 4096;
+    if exact {
+        return Ok(node.with_seed(seed));
     }
+    let req_bytes = overrides
+        .max_request_bytes
+        .unwrap_or(node.max_request_bytes())
+        .max(max_piece);
+    let (per_request, run_len) = if piece == 0 {
+        (node.max_request_chunks(), NODE_RUN_LEN)
+    } else {
+        let unit = piece.max(1);
+        (
+            (req_bytes / unit).max(1) as usize,
+            (NODE_RUN_LEN as u64 * avg_chunk.max(1) / unit).max(1) as usize,
+        )
+    };
+    let per_peer = overrides
+        .max_bytes_per_peer
+        .unwrap_or(node.max_bytes_per_peer())
+        .max(req_bytes);
+    let timeout = overrides
+        .request_timeout
+        .map_or(node.request_timeout(), Duration::from_secs_f64);
+    let (backoff_base, backoff_max) = node.backoff();
+    Config::builder()
+        .max_request_bytes(req_bytes)
+        .max_request_chunks(per_request)
+        .max_requests_per_peer(
+            overrides
+                .max_requests_per_peer
+                .unwrap_or(node.max_requests_per_peer()),
+        )
+        .max_bytes_per_peer(per_peer)
+        .max_bytes_in_flight(node.max_bytes_in_flight().max(per_peer))
+        .request_timeout(timeout)
+        .backoff(backoff_base, backoff_max)
+        .ban_duration(node.ban_duration())
+        .endgame_copies(overrides.endgame_copies.unwrap_or(node.endgame_copies()))
+        .max_peers(4096usize.max(neighbours + 2))
+        .run_len(run_len)
+        .seed(seed)
+        .build()
 }
+
+/// The downloader's default shuffle run in chunks (`Config` has no getter for it; the node
+/// keeps the default).
+const NODE_RUN_LEN: usize = 64;
 
 /// Swarm model parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,8 +160,11 @@ pub struct SwarmParams {
     pub request_overhead: f64,
     /// Receiver verify-and-commit throughput in bytes/s (`None`: instantaneous).
     pub verify_rate: Option<f64>,
-    /// The node's downloader limits.
-    pub limits: NodeLimits,
+    /// Scenario overrides of the node's downloader settings.
+    pub limits: LimitOverrides,
+    /// Label peers local or remote by site, as a node with a configured site does (the
+    /// testbed configures sites); `false`: the site-blind policy.
+    pub site_aware: bool,
 }
 
 impl Default for SwarmParams {
@@ -123,7 +175,8 @@ impl Default for SwarmParams {
             announce_every: 0.5,
             request_overhead: 0.0,
             verify_rate: None,
-            limits: NodeLimits::default(),
+            limits: LimitOverrides::default(),
+            site_aware: true,
         }
     }
 }
@@ -185,6 +238,8 @@ pub struct Payload {
     pub table: Arc<ChunkTable>,
     /// The warm swarm's table (pieces of the chunks the previous version lacks).
     pub delta_table: Arc<ChunkTable>,
+    /// Mean length of the image's distinct chunks (what a piece aggregates).
+    pub avg_chunk: u64,
 }
 
 /// Why a run could not be set up.
@@ -411,6 +466,14 @@ impl Fabric {
     }
 }
 
+fn locality(same_site: bool) -> Locality {
+    if same_site {
+        Locality::Local
+    } else {
+        Locality::Remote
+    }
+}
+
 // ----- events --------------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Copy)]
@@ -549,26 +612,14 @@ impl<'a> Sim<'a> {
         } else {
             payload.table.clone()
         };
-        let l = &swarm.limits;
-        let max_piece = u64::from(table.max_chunk_len());
-        // A request carries as many pieces as the node's request carries chunks by bytes.
-        let per_request = if swarm.piece == 0 {
-            l.max_request_chunks
-        } else {
-            (l.max_request_bytes / swarm.piece.max(1)).max(1) as usize
-        };
-        let req_bytes = l.max_request_bytes.max(max_piece);
-        let config = Config::builder()
-            .max_request_chunks(per_request)
-            .max_request_bytes(req_bytes)
-            .max_requests_per_peer(l.max_requests_per_peer)
-            .max_bytes_per_peer(l.max_bytes_per_peer.max(req_bytes))
-            .max_bytes_in_flight((64u64 << 20).max(2 * req_bytes))
-            .request_timeout(Duration::from_secs_f64(l.request_timeout))
-            // The node's default; neighbour lists are bounded by `swarm.neighbours` anyway.
-            .max_peers(4096usize.max(swarm.neighbours + 2))
-            .seed(seed)
-            .build()?;
+        let config = swarm_config(
+            swarm.piece,
+            u64::from(table.max_chunk_len()),
+            payload.avg_chunk,
+            &swarm.limits,
+            swarm.neighbours,
+            seed,
+        )?;
         let hosts = (0..names.len())
             .map(|_| Host {
                 dl: None,
@@ -892,7 +943,13 @@ impl<'a> Sim<'a> {
         let Ok(mut dl) = Downloader::new(config, self.table.clone(), local) else {
             return; // limits were checked against the table in `new`
         };
+        if self.swarm.site_aware {
+            // As pull.rs on a node with a configured site: rank ourselves among the site's
+            // pullers for the chunks fetched across sites.
+            dl.set_own_id(&h);
+        }
         let _ = dl.add_peer(now, self.publisher, Holds::Everything);
+        self.label(&mut dl, now, h, self.publisher);
         let neighbours = self.hosts[h as usize].neighbours.clone();
         for &n in &neighbours {
             let other = &self.hosts[n as usize];
@@ -901,14 +958,20 @@ impl<'a> Sim<'a> {
             }
             if other.done.is_some() {
                 let _ = dl.add_peer(now, n, Holds::Everything);
+                self.label(&mut dl, now, h, n);
             } else {
                 let _ = dl.add_peer(now, n, Holds::Nothing);
+                self.label(&mut dl, now, h, n);
                 dl.peer_has(now, &n, other.held.iter().copied());
             }
             // The neighbour learns of us too (we hold what we held before leaving).
             let held = self.hosts[h as usize].held.clone();
+            let local = self.same_site(n, h);
             if let Some(odl) = self.hosts[n as usize].dl.as_mut() {
                 let _ = odl.add_peer(now, h, Holds::Nothing);
+                if self.swarm.site_aware {
+                    odl.set_peer_locality(now, &h, locality(local));
+                }
                 odl.peer_has(now, &h, held);
             }
         }
@@ -920,6 +983,18 @@ impl<'a> Sim<'a> {
         self.drive(h);
         let phase = self.rng.unit() * self.swarm.announce_every;
         self.push(self.now + phase, Ev::Announce(h));
+    }
+
+    fn same_site(&self, a: u32, b: u32) -> bool {
+        self.fabric.site_of[a as usize] == self.fabric.site_of[b as usize]
+    }
+
+    /// Tells `me`'s downloader whether `peer` is on its site, as pull.rs does for a node with
+    /// a configured site (a no-op when the swarm is site-blind).
+    fn label(&self, dl: &mut Downloader<u32>, now: Duration, me: u32, peer: u32) {
+        if self.swarm.site_aware {
+            dl.set_peer_locality(now, &peer, locality(self.same_site(me, peer)));
+        }
     }
 
     /// Performs the downloader's actions the way `node/src/pull.rs` does.

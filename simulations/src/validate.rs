@@ -96,7 +96,7 @@ pub fn parse_measured(json: &str) -> Result<Measured, serde_json::Error> {
 pub fn validation_params(request_overhead: f64, verify_rate: Option<f64>) -> SwarmParams {
     SwarmParams {
         piece: 0,
-        neighbours: 4095,
+        neighbours: 4094,
         request_overhead,
         verify_rate,
         ..SwarmParams::default()

@@ -49,6 +49,7 @@ pub struct Config {
     pub(crate) run_len: usize,
     pub(crate) seed: u64,
     pub(crate) site_patience: Duration,
+    pub(crate) pipeline_window: Duration,
 }
 
 impl Config {
@@ -109,6 +110,12 @@ impl Config {
         self.site_patience
     }
 
+    /// How many seconds of a peer's measured rate may be in flight to it (see
+    /// [`ConfigBuilder::pipeline_window`]).
+    pub fn pipeline_window(&self) -> Duration {
+        self.pipeline_window
+    }
+
     /// The tie-break seed.
     pub fn seed(&self) -> u64 {
         self.seed
@@ -139,6 +146,7 @@ impl Default for Config {
             run_len: 64,
             seed: 0,
             site_patience: Duration::from_secs(30),
+            pipeline_window: Duration::from_secs(1),
         }
     }
 }
@@ -239,10 +247,20 @@ impl ConfigBuilder {
         self
     }
 
+    /// How much of a peer's measured rate may be in flight to it, as time (default 1 s; at
+    /// most `max_bytes_per_peer`, at least one chunk), and requests are half of that, so
+    /// one stays queued behind the one being served. Enough to cover a round trip and the
+    /// responder's disk read many times over; more only queues bytes at a shared uplink,
+    /// where they are not yet of use to anyone else and come too late for the endgame.
+    pub fn pipeline_window(mut self, window: Duration) -> Self {
+        self.config.pipeline_window = window;
+        self
+    }
+
     /// Checks the limits and returns the configuration.
     pub fn build(self) -> Result<Config, ConfigError> {
         let c = self.config;
-        let positive: [(&'static str, bool); 9] = [
+        let positive: [(&'static str, bool); 10] = [
             ("max_request_bytes", c.max_request_bytes > 0),
             ("max_request_chunks", c.max_request_chunks > 0),
             ("max_requests_per_peer", c.max_requests_per_peer > 0),
@@ -252,6 +270,7 @@ impl ConfigBuilder {
             ("max_peers", c.max_peers > 0),
             ("run_len", c.run_len > 0),
             ("site_patience", !c.site_patience.is_zero()),
+            ("pipeline_window", !c.pipeline_window.is_zero()),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, ok)| !ok) {
             return Err(ConfigError::Zero(name));

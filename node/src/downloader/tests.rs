@@ -281,15 +281,16 @@ fn rate_limited_peer_that_keeps_delivering_does_not_time_out() {
 }
 
 /// A slow peer gets requests it can answer well within the timeout: bytes in flight are capped
-/// at half a timeout's worth of its measured rate.
+/// at the pipeline window's worth of its measured rate.
 #[test]
 fn requests_are_sized_to_a_slow_peers_rate() {
-    let mut d = Downloader::new(config().build().unwrap(), table(100, 1024), []).unwrap();
+    let config = config().pipeline_window(500 * MS).build().unwrap();
+    let mut d = Downloader::new(config, table(100, 1024), []).unwrap();
     d.add_peer(Duration::ZERO, 1, Holds::Everything).unwrap();
     let reqs = requests(&drain(&mut d, Duration::ZERO));
     assert_eq!(reqs.len(), 2);
     assert!(reqs.iter().all(|r| r.2.len() == 4));
-    // 4 KiB per ~second: about 4 KiB/s, so half a 1 s timeout is ~2 KiB.
+    // 4 KiB per ~second: about 4 KiB/s, so a 0.5 s window is ~2 KiB.
     d.on_response(990 * MS, &1, reqs[0].1, ok(&reqs[0].2));
     assert!(
         requests(&drain(&mut d, 990 * MS)).is_empty(),

@@ -44,6 +44,39 @@ fn publish_image(tb: &Testbed, size: u64, seed: u64) -> (String, String, PathBuf
     (ws, disk, image)
 }
 
+/// What most fault tests start from: a testbed, an image published on its publisher, and every
+/// other host knowing the workspace. Bind `_serial` first when destructuring: bindings drop in
+/// reverse order, so the testbed is torn down before this test's turn on the machine ends.
+struct Started {
+    tb: Testbed,
+    ws: String,
+    disk: String,
+    image: PathBuf,
+    pullers: Vec<String>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// Takes this test's turn, starts `topology` and publishes a random image of `size` bytes;
+/// `None` when network namespaces are not available here (the test then does nothing).
+fn start_with_image(topology: &str, size: u64, seed: u64) -> Option<Started> {
+    if !netns_available().unwrap() {
+        return None;
+    }
+    let serial = serial();
+    let tb = testbed(topology, |_| Vec::new());
+    let (ws, disk, image) = publish_image(&tb, size, seed);
+    let pullers = others(&tb);
+    wait_known(&tb, &pullers, &ws, None).unwrap();
+    Some(Started {
+        tb,
+        ws,
+        disk,
+        image,
+        pullers,
+        _serial: serial,
+    })
+}
+
 fn others(tb: &Testbed) -> Vec<String> {
     tb.host_names()
         .into_iter()
@@ -115,15 +148,18 @@ hosts = 4
 
 #[test]
 fn host_sigkilled_mid_pull_others_finish_and_it_resumes_with_the_rest() {
-    if !netns_available().unwrap() {
-        return;
-    }
-    let _serial = serial();
-    let mut tb = testbed(ONE_SITE, |_| Vec::new());
     let size = 24 * MIB;
-    let (ws, disk, image) = publish_image(&tb, size, 11);
-    let pullers = others(&tb);
-    wait_known(&tb, &pullers, &ws, None).unwrap();
+    let Some(Started {
+        _serial,
+        mut tb,
+        ws,
+        disk,
+        image,
+        pullers,
+    }) = start_with_image(ONE_SITE, size, 11)
+    else {
+        return;
+    };
     let victim = "a4";
     let mut pulls: Vec<(String, Child)> = pullers
         .iter()
@@ -277,15 +313,18 @@ delay = "5ms"
 
 #[test]
 fn partition_between_sites_each_side_progresses_and_completes_after_heal() {
-    if !netns_available().unwrap() {
-        return;
-    }
-    let _serial = serial();
-    let tb = testbed(TWO_SITES, |_| Vec::new());
     let size = 24 * MIB;
-    let (ws, disk, image) = publish_image(&tb, size, 13);
-    let pullers = others(&tb);
-    wait_known(&tb, &pullers, &ws, None).unwrap();
+    let Some(Started {
+        _serial,
+        tb,
+        ws,
+        disk,
+        image,
+        pullers,
+    }) = start_with_image(TWO_SITES, size, 13)
+    else {
+        return;
+    };
     for h in &pullers {
         wait_for(Duration::from_secs(30), "the overlay to connect", || {
             (tb.peer_count(h).ok()? >= 3).then_some(())
@@ -402,15 +441,18 @@ loss = 2.0
 
 #[test]
 fn two_percent_loss_on_every_link_still_completes() {
-    if !netns_available().unwrap() {
-        return;
-    }
-    let _serial = serial();
-    let tb = testbed(LOSSY, |_| Vec::new());
     let size = 16 * MIB;
-    let (ws, disk, image) = publish_image(&tb, size, 14);
-    let pullers = others(&tb);
-    wait_known(&tb, &pullers, &ws, None).unwrap();
+    let Some(Started {
+        _serial,
+        tb,
+        ws,
+        disk,
+        image,
+        pullers,
+    }) = start_with_image(LOSSY, size, 14)
+    else {
+        return;
+    };
     let pulls: Vec<(String, Child)> = pullers
         .iter()
         .map(|h| (h.clone(), spawn_pull(&tb, h, &ws)))
@@ -448,15 +490,18 @@ delay = "10ms"
 /// take it from there.
 #[test]
 fn two_site_pull_moves_each_chunk_across_the_wan_about_once() {
-    if !netns_available().unwrap() {
-        return;
-    }
-    let _serial = serial();
-    let tb = testbed(TWO_SITES_SLOW_WAN, |_| Vec::new());
     let size = 24 * MIB;
-    let (ws, disk, image) = publish_image(&tb, size, 15);
-    let pullers = others(&tb);
-    wait_known(&tb, &pullers, &ws, None).unwrap();
+    let Some(Started {
+        _serial,
+        tb,
+        ws,
+        disk,
+        image,
+        pullers,
+    }) = start_with_image(TWO_SITES_SLOW_WAN, size, 15)
+    else {
+        return;
+    };
     let before = tb.wan_counters("a", "b").unwrap();
     let pulls: Vec<(String, Child)> = pullers
         .iter()

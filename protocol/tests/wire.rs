@@ -2,20 +2,16 @@
 //! and arbitrary input through the fuzz entry point.
 
 use proptest::prelude::*;
-use vwnet_protocol::identity::Identity;
 use vwnet_protocol::ids::{ChunkHash, DescriptionHash, ImageId, WorkspaceId};
 use vwnet_protocol::limits::MAX_CHUNK_LEN;
-use vwnet_protocol::lock::{LockRecord, LockState};
 use vwnet_protocol::signed::{
     Delegation, DelegationScope, RecordKind, SignedDelegation, SignedDescription, SignedEnvelope,
-    SignedLockRecord,
 };
 use vwnet_protocol::time::Timestamp;
 use vwnet_protocol::wire::*;
 
-fn identity(seed: u8) -> Identity {
-    Identity::from_secret_bytes(&[seed; 32])
-}
+mod wire_support;
+use wire_support::{LOCK_HEX, golden, identity, lock};
 
 /// A signed description whose payload is not a real description: decoding a wire message
 /// does not open payloads, and this keeps the golden bytes independent of the description
@@ -34,33 +30,6 @@ fn announcement() -> DescriptionAnnouncement {
         description: SignedDescription::from_envelope(envelope).unwrap(),
         delegation: Some(SignedDelegation::sign(&owner, &delegation).unwrap()),
     }
-}
-
-fn lock() -> SignedLockRecord {
-    let authority = identity(4);
-    let record = LockRecord {
-        workspace: WorkspaceId::from_bytes([0x44; 16]),
-        description_version: 3,
-        holder: identity(5).public(),
-        fencing_token: 300,
-        granted_at: Timestamp::from_unix_secs(1000),
-        expires_at: Timestamp::from_unix_secs(1030),
-        authority: authority.public(),
-        state: LockState::Held,
-    };
-    SignedLockRecord::sign(&authority, &record).unwrap()
-}
-
-/// Checks that `message` encodes to exactly `expected` (hex) and decodes back to itself.
-fn golden<M: WireMessage + PartialEq + std::fmt::Debug>(message: &M, expected: &str) {
-    let bytes = message.encode().unwrap();
-    assert_eq!(
-        hex::encode(&bytes),
-        expected,
-        "{} encoding changed; if intended, bump WIRE_VERSION or the protocol name",
-        M::NAME
-    );
-    assert_eq!(&M::decode(&bytes).unwrap(), message);
 }
 
 #[test]
@@ -133,26 +102,6 @@ const ANNOUNCEMENT_HEX: &str = concat!(
     "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c", // signer: seed-1 key
     "c9a280fd5c1b4e7784cf37ec0ccbc0c88abc0b3eb2348917c16167fb89173d5d", // signature (first half)
     "d40487430adff10119fc58e294fbd5051d54cf485bdc845011ff2323f22fda02", // signature (second half)
-);
-
-/// The signed lock record of [`lock`], field by field.
-const LOCK_HEX: &str = concat!(
-    "bc01",                                                             // envelope: 188 bytes
-    "01",                                                               // envelope version 1
-    "01",                                                               // kind: lock record
-    "59",                                                               // payload: 89 bytes
-    "01",                                                               // record version 1
-    "44444444444444444444444444444444",                                 // workspace
-    "03",                                                               // description_version 3
-    "6e7a1cdd29b0b78fd13af4c5598feff4ef2a97166e3ca6f2e4fbfccd80505bf1", // holder: seed-5 key
-    "ac02",                                                             // fencing_token 300
-    "e807",                                                             // granted_at 1000
-    "8608",                                                             // expires_at 1030
-    "ca93ac1705187071d67b83c7ff0efe8108e8ec4530575d7726879333dbdabe7c", // authority: seed-4 key
-    "00",                                                               // state: held
-    "ca93ac1705187071d67b83c7ff0efe8108e8ec4530575d7726879333dbdabe7c", // signer: seed-4 key
-    "e20bf6d80fda118778fcab4382b3f22195dd0107dca5ffd638524f788de2e444", // signature (first half)
-    "5e1448a29496341b191963e4f77cc30c2fa9e1e702c373a9a27f34e476ac6d04", // signature (second half)
 );
 
 #[test]

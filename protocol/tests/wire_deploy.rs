@@ -8,17 +8,8 @@ use vwnet_protocol::signed::SignedDescription;
 use vwnet_protocol::time::Timestamp;
 use vwnet_protocol::wire::*;
 
-fn golden<M: WireMessage + PartialEq + std::fmt::Debug>(message: &M, expected: &str) {
-    let bytes = message.encode().unwrap();
-    assert_eq!(
-        hex::encode(&bytes),
-        expected,
-        "{} encoding changed; if intended, bump WIRE_VERSION or the protocol name",
-        M::NAME
-    );
-    assert_eq!(&M::decode(&bytes).unwrap(), message);
-    assert!(bytes.len() <= M::MAX_LEN);
-}
+mod wire_support;
+use wire_support::golden;
 
 #[test]
 fn deploy_responses_have_stable_bytes() {

@@ -18,8 +18,9 @@
 //! - **Sites**: a node started with `--site` labels each source local or remote by the site in
 //!   its announcements (unknown counts as remote) and gives the downloader its own id, which
 //!   then fetches across sites only what no same-site peer holds, about once per site.
-//! - **Swarming**: while pulling, the node announces its own bitmap each tick (500 ms) in which
-//!   its committed chunks grew, and it serves any chunk it holds, so pullers feed each other.
+//! - **Swarming**: while pulling, the node announces its own bitmap when its committed chunks
+//!   grew, at most every [`announce_interval`] (500 ms in a small swarm, longer in a big one),
+//!   and it serves any chunk it holds, so pullers feed each other.
 //! - **Resume**: a new pull starts from what the store holds (every committed batch).
 //! - **Accounting**: `bytes_fetched` and `per_peer` count each stored chunk once, credited to
 //!   the peer whose copy was stored; endgame duplicates and copies of chunks that were already
@@ -57,6 +58,11 @@ use crate::store_actor::{ChunkVerdict, StoreActorError, WriteSession};
 
 /// How often sources are refreshed, holdings announced and progress reported.
 const TICK: Duration = Duration::from_millis(500);
+/// Holdings announcements a node should receive per second from the pullers of one image,
+/// whatever their number. Every gossip copy costs its receiver an ed25519 verification before
+/// deduplication, so a fixed per-puller rate grows the swarm's gossip cost with the square of
+/// its size: at 16 pullers and 500 ms it was an eighth of the machine's CPU.
+const ANNOUNCEMENTS_PER_SEC: u32 = 8;
 /// How often the DHT is asked for providers.
 const PROVIDER_QUERY_EVERY: Duration = Duration::from_secs(3);
 /// How long a pull waits with no peer holding the remaining chunks before it fails.
@@ -325,6 +331,7 @@ async fn pull_image(
     // Announce when the held set grew, not when verification did: chunks become held (and
     // servable) only at their commit, and same-site pullers wait for exactly those bits.
     let mut announced_held = usize::MAX;
+    let mut announced_at: Option<Duration> = None;
     let mut last_holdings: HashMap<PeerId, Holdings> = HashMap::new();
     let mut stalled_since: Option<Duration> = None;
     let session: WriteSession<Tag> = services.store.write_session();
@@ -425,8 +432,12 @@ async fn pull_image(
                 refresh_sources(&mut dl, services, image.id, &mut last_holdings, now());
                 let stats = dl.stats();
                 let held_now = held.iter().filter(|h| **h).count();
-                if held_now != announced_held {
+                let due = announced_at.is_none_or(|at| {
+                    now().saturating_sub(at) >= announce_interval(dl.peer_count())
+                });
+                if held_now != announced_held && due {
                     announced_held = held_now;
+                    announced_at = Some(now());
                     services.announce_holdings(image.id, bitmap(&held)).await;
                 }
                 let _ = progress.try_send(Response::Progress(PullProgress {
@@ -500,6 +511,15 @@ fn locality(services: &Services, peer: &PeerId) -> Locality {
         Some(ours) if services.site_of(peer).as_deref() == Some(ours) => Locality::Local,
         Some(_) => Locality::Remote,
     }
+}
+
+/// How long a puller waits between two announcements of its holdings when `peers` other
+/// nodes serve the image: [`TICK`] while that keeps the swarm within
+/// [`ANNOUNCEMENTS_PER_SEC`] per receiver, proportionally longer beyond.
+fn announce_interval(peers: usize) -> Duration {
+    let budget =
+        Duration::from_secs(1) * u32::try_from(peers).unwrap_or(u32::MAX) / ANNOUNCEMENTS_PER_SEC;
+    budget.max(TICK)
 }
 
 /// Feeds gossip holdings announcements for `image` into the downloader.

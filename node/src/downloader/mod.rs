@@ -31,7 +31,11 @@
 //!   re-queued and fetched elsewhere. A peer that reports a chunk missing stops counting as its
 //!   holder.
 //! - **Endgame**: once every remaining chunk is in flight, idle peers get duplicates of the
-//!   oldest outstanding chunks; when a chunk arrives, requests that became useless are cancelled.
+//!   chunks of *late* requests only — those outstanding for more than [`LATE_FACTOR`] times
+//!   what their peer's measured rate predicts — and when a chunk arrives, requests that became
+//!   useless are cancelled. Duplicating every outstanding chunk at once (the classic endgame)
+//!   doubled the bytes of small pulls such as a 2% update, where everything is in flight from
+//!   the first round, and wasted shaped links on copies that were about to arrive anyway.
 //! - **Sites**: peers labelled [`Locality::Remote`] with [`Downloader::set_peer_locality`] sit
 //!   behind a slow inter-site link. A chunk a healthy local peer holds is fetched only locally;
 //!   a chunk no local peer holds is fetched remotely by one host of the site, chosen per unit of
@@ -96,6 +100,11 @@ pub const INITIAL_BYTE_CAP: u64 = 2 << 20;
 
 /// Weight of a new sample in a peer's rate estimate (exponential moving average).
 const RATE_SAMPLE_WEIGHT: f64 = 0.3;
+/// A request is late, and its chunks may be duplicated in the endgame, once it has been out
+/// this many times longer than its peer's rate predicts for it and the bytes queued before it.
+pub const LATE_FACTOR: f64 = 2.0;
+/// A request is never late sooner than this after it was sent: a round trip and a verify.
+pub const LATE_FLOOR: Duration = Duration::from_millis(200);
 
 /// Identifies one request from this downloader; the driver maps it to its transport's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -293,11 +302,15 @@ struct Req {
     bytes: u64,
     sent: Duration,
     deadline: Duration,
+    /// From when the endgame may duplicate its chunks.
+    late_at: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Request(u64),
+    /// Request `id` becomes late: in the endgame, idle peers may now duplicate it.
+    Late(u64),
     Backoff {
         slot: u32,
         epoch: u32,
@@ -899,6 +912,13 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
                         self.wake(slot);
                     }
                 }
+                Timer::Late(id) => {
+                    if self.requests.get(&id).is_some_and(|r| r.late_at == t)
+                        && self.order.available_count() == 0
+                    {
+                        self.wake_all();
+                    }
+                }
                 Timer::Site => {
                     if self.site.timer == Some(t) {
                         self.site.timer = None;
@@ -917,6 +937,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         while let Some(&Reverse((t, timer))) = self.timers.peek() {
             let live = match timer {
                 Timer::Request(id) => self.requests.get(&id).is_some_and(|r| r.deadline == t),
+                Timer::Late(id) => self.requests.get(&id).is_some_and(|r| r.late_at == t),
                 Timer::Backoff { slot, epoch } => self
                     .peer_ref(slot)
                     .is_some_and(|p| p.epoch == epoch && p.backoff_until == Some(t)),
@@ -1519,8 +1540,8 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         batch
     }
 
-    /// Endgame: duplicates of the oldest in-flight chunks that the peer holds and has not been
-    /// asked for, up to the configured number of copies.
+    /// Endgame: duplicates of the chunks of late requests (see [`LATE_FACTOR`]) that the peer
+    /// holds and has not been asked for, up to the configured number of copies.
     fn pick_endgame(&mut self, slot: u32, budget: u64) -> Vec<u32> {
         if self.config.endgame_copies < 2 {
             return Vec::new();
@@ -1541,8 +1562,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         let lens = self.table.lens();
         let mut batch = Vec::new();
         let mut bytes = 0u64;
+        let now = self.now;
         'requests: for r in self.requests.values() {
-            if r.slot == slot {
+            if r.slot == slot || r.late_at > now {
                 continue;
             }
             for &c in &r.chunks {
@@ -1584,9 +1606,20 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         };
         p.requests += 1;
         p.bytes += bytes;
+        // Pipelined: this request is served after everything already queued at the peer.
+        let expected = match p.rate {
+            Some(rate) if rate > 0.0 && rate.is_finite() => {
+                Duration::try_from_secs_f64(LATE_FACTOR * p.bytes as f64 / rate)
+                    .unwrap_or(self.config.request_timeout)
+            }
+            Some(_) => Duration::ZERO,
+            None => self.config.pipeline_window,
+        };
+        let late_at = self.now + expected.max(LATE_FLOOR);
         let (peer, epoch) = (p.id.clone(), p.epoch);
         self.bytes_in_flight += bytes;
         self.timers.push(Reverse((deadline, Timer::Request(id))));
+        self.timers.push(Reverse((late_at, Timer::Late(id))));
         let idxs = chunks.iter().map(|&c| ChunkIdx(c)).collect();
         self.requests.insert(
             id,
@@ -1597,6 +1630,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
                 bytes,
                 sent: self.now,
                 deadline,
+                late_at,
             },
         );
         self.stats.requests_sent += 1;

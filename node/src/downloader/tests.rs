@@ -181,18 +181,27 @@ fn corrupt_bans_and_refetches() {
 }
 
 #[test]
-fn endgame_duplicates_then_cancels_loser() {
-    let mut d = Downloader::new(config().build().unwrap(), table(4, 1024), []).unwrap();
+fn endgame_duplicates_late_requests_then_cancels_loser() {
+    let window = Duration::from_millis(300);
+    let config = config().pipeline_window(window).build().unwrap();
+    let mut d = Downloader::new(config, table(4, 1024), []).unwrap();
     d.add_peer(Duration::ZERO, 1, Holds::Everything).unwrap();
     let reqs = requests(&drain(&mut d, Duration::ZERO));
     assert_eq!(reqs.len(), 1);
+    // Everything is in flight, but the request is not late: no duplicate yet.
     d.add_peer(MS, 2, Holds::Everything).unwrap();
-    let dup = requests(&drain(&mut d, MS));
+    assert!(requests(&drain(&mut d, MS)).is_empty());
+    assert_eq!(d.stats().endgame_requests, 0);
+    // Peer 1 has no measured rate: late after one pipeline window.
+    assert_eq!(d.next_deadline(), Some(window));
+    d.tick(window);
+    let dup = requests(&drain(&mut d, window));
     assert_eq!(dup.len(), 1);
     assert_eq!(dup[0].2, reqs[0].2);
     assert_eq!(d.chunk_state(ChunkIdx(0)), Some(ChunkState::InFlight(2)));
-    d.on_response(2 * MS, &2, dup[0].1, ok(&dup[0].2));
-    let acts = drain(&mut d, 2 * MS);
+    let t = window + MS;
+    d.on_response(t, &2, dup[0].1, ok(&dup[0].2));
+    let acts = drain(&mut d, t);
     assert_eq!(
         acts,
         vec![
@@ -204,9 +213,39 @@ fn endgame_duplicates_then_cancels_loser() {
         ]
     );
     // The loser's late answer counts as waste.
-    d.on_response(3 * MS, &1, reqs[0].1, ok(&reqs[0].2));
+    d.on_response(t + MS, &1, reqs[0].1, ok(&reqs[0].2));
     assert_eq!(d.stats().duplicate_bytes, 4 * 1024);
     assert_eq!(d.in_flight(&1), Some((0, 0)));
+}
+
+/// Lateness follows the peer's measured rate: a request is duplicated once it has been out
+/// `LATE_FACTOR` times what the rate predicts, not before.
+#[test]
+fn a_request_is_late_at_twice_its_expected_time() {
+    let config = config().max_requests_per_peer(1).build().unwrap();
+    let mut d = Downloader::new(config, table(8, 1024), []).unwrap();
+    d.add_peer(Duration::ZERO, 1, Holds::Everything).unwrap();
+    let first = requests(&drain(&mut d, Duration::ZERO));
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].2.len(), 4);
+    // 4 KiB in 100 ms: 40,960 B/s. The next 4 KiB should take 100 ms: late after 200 ms.
+    let t0 = 100 * MS;
+    d.on_response(t0, &1, first[0].1, ok(&first[0].2));
+    let second = requests(&drain(&mut d, t0));
+    assert_eq!(second.len(), 1);
+    d.add_peer(t0 + MS, 2, Holds::Everything).unwrap();
+    assert!(requests(&drain(&mut d, t0 + MS)).is_empty());
+    let late = d.next_deadline().unwrap();
+    let expected = LATE_FACTOR * 4096.0 / 40_960.0;
+    assert!(
+        ((late - t0).as_secs_f64() - expected).abs() < 1e-6,
+        "{late:?}"
+    );
+    assert!(requests(&drain(&mut d, late - MS)).is_empty());
+    d.tick(late);
+    let dup = requests(&drain(&mut d, late));
+    assert_eq!(dup.len(), 1);
+    assert_eq!((dup[0].0, &dup[0].2), (2, &second[0].2));
 }
 
 #[test]
@@ -455,11 +494,13 @@ fn failing_local_holder_lets_its_chunks_come_from_the_remote_site() {
     assert!(reqs.iter().all(|r| r.0 == 9), "{reqs:?}");
 }
 
-/// The endgame duplicates a slow request on another local peer, never across sites while a
+/// The endgame duplicates a late request on another local peer, never across sites while a
 /// local peer is there.
 #[test]
 fn endgame_duplicates_stay_on_the_site() {
-    let mut d = Downloader::new(config().build().unwrap(), table(4, 1024), []).unwrap();
+    let window = Duration::from_millis(300);
+    let config = config().pipeline_window(window).build().unwrap();
+    let mut d = Downloader::new(config, table(4, 1024), []).unwrap();
     d.add_peer(Duration::ZERO, 9, Holds::Everything).unwrap();
     d.set_peer_locality(Duration::ZERO, &9, Locality::Remote);
     d.add_peer(Duration::ZERO, 1, Holds::Nothing).unwrap();
@@ -474,7 +515,12 @@ fn endgame_duplicates_stay_on_the_site() {
     );
     // Everything is in flight; another full local peer gets the duplicates, the remote seed none.
     d.add_peer(MS, 2, Holds::Everything).unwrap();
-    let dup = requests(&drain(&mut d, MS));
+    assert!(
+        requests(&drain(&mut d, MS)).is_empty(),
+        "nothing is late yet"
+    );
+    d.tick(window);
+    let dup = requests(&drain(&mut d, window));
     assert!(!dup.is_empty() && dup.iter().all(|r| r.0 == 2), "{dup:?}");
     assert!(d.stats().endgame_requests >= 1);
 }

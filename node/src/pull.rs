@@ -45,7 +45,7 @@ use vwnet_protocol::wire::{
     self, ChunkReply, ChunkRequest, ChunkResponse, Holdings, ManifestRequest, ManifestResponse,
 };
 
-use crate::control::{PullProgress, PullSummary, Response};
+use crate::control::{PullOverhead, PullProgress, PullSummary, Response};
 use crate::daemon::Services;
 use crate::downloader::{
     Action, ChunkIdx, ChunkOutcome, ChunkTable as ChunkCatalog, Config as DlConfig, Downloader,
@@ -114,6 +114,7 @@ struct Totals {
     local: u64,
     zero: u64,
     per_peer: HashMap<PeerId, u64>,
+    overhead: PullOverhead,
 }
 
 /// `Request::Pull`: fetch every image of a workspace; progress goes to `progress`.
@@ -167,6 +168,7 @@ pub async fn pull(
         bytes_zero: totals.zero,
         per_peer,
         millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        overhead: totals.overhead,
     })
 }
 
@@ -368,7 +370,8 @@ async fn pull_image(
                 }
                 // Timed out, or every chunk arrived from elsewhere (endgame): stop waiting for
                 // it and do not verify or store what it would bring.
-                Action::Cancel { id, .. } => {
+                Action::Cancel { peer, id } => {
+                    debug!(%peer, request = id.0, "request given up");
                     if let Some(cancel) = cancels.remove(&id) {
                         let _ = cancel.send(());
                     }
@@ -459,8 +462,12 @@ async fn pull_image(
     }
     let stats = dl.stats().clone();
     Metrics::add(&services.metrics.chunks_verified, stats.chunks_done);
-    // What the scheduling cost beyond the wanted bytes: the numbers to look at when a pull moves
-    // more than it needed.
+    let o = &mut totals.overhead;
+    o.bytes_duplicate += stats.duplicate_bytes;
+    o.requests += stats.requests_sent;
+    o.endgame_requests += stats.endgame_requests;
+    o.cancels += stats.cancels;
+    o.timeouts += stats.timeouts;
     info!(
         image = %image.id.short(),
         wanted = stats.bytes_wanted,

@@ -54,6 +54,10 @@ enum Cmd {
         /// The vwnet binary [default: next to this one].
         #[arg(long, value_name = "PATH")]
         vwnet: Option<PathBuf>,
+        /// Copy every node's log into this directory before the testbed is torn down (the
+        /// nodes log at `RUST_LOG` if set, else info).
+        #[arg(long, value_name = "DIR")]
+        logs: Option<PathBuf>,
     },
     /// Remove namespaces, processes and scratch directories of runs whose process died.
     Cleanup {
@@ -128,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             update_pct,
             no_verify,
             vwnet,
+            logs,
         } => {
             let topo = load(&topology)?;
             if size_mib == 0 {
@@ -144,6 +149,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 strategy,
                 update_pct,
                 verify: !no_verify,
+                logs,
+                rust_log: std::env::var("RUST_LOG").ok(),
                 vwnet: match (vwnet, strategy) {
                     (Some(p), _) => p,
                     (None, Strategy::Vwnet) => find_vwnet()?,

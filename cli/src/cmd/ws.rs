@@ -209,8 +209,12 @@ pub(crate) fn pull(args: PullArgs, ctx: &Context) -> anyhow::Result<()> {
     }
     match response? {
         Response::Pulled(summary) => ctx.report(&summary, |s| {
+            let duplicate = match s.overhead.bytes_duplicate {
+                0 => String::new(),
+                n => format!(" ({} received twice)", human_bytes(n)),
+            };
             format!(
-                "pulled {} v{}: {} fetched, {} already local, {:.1} s, {} peer(s)",
+                "pulled {} v{}: {} fetched{duplicate}, {} already local, {:.1} s, {} peer(s)",
                 s.workspace.short(),
                 s.version,
                 human_bytes(s.bytes_fetched),

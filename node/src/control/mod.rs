@@ -316,6 +316,25 @@ pub struct PullSummary {
     pub per_peer: Vec<(String, u64)>,
     /// Duration in milliseconds.
     pub millis: u64,
+    /// What the transfer cost beyond `bytes_fetched`.
+    pub overhead: PullOverhead,
+}
+
+/// The scheduling cost of a pull: the numbers to look at when it moved more than it needed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullOverhead {
+    /// Bytes of verified chunks that arrived after another copy was stored (endgame
+    /// duplicates and replies that came after their request had been given up): wasted.
+    pub bytes_duplicate: u64,
+    /// Chunk requests sent.
+    pub requests: u64,
+    /// Of those, endgame duplicates of late requests.
+    pub endgame_requests: u64,
+    /// Requests given up: timed out, or made useless by another copy. A reply that still
+    /// arrives is dropped unverified, so its bytes count in no field here.
+    pub cancels: u64,
+    /// Of those, requests that timed out.
+    pub timeouts: u64,
 }
 
 /// Why a control exchange failed.

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vwnet_sim::topology::Topology;
 
 use super::{LinkCounters, Options, Testbed, TestbedError, wait_for};
@@ -62,6 +62,10 @@ pub struct BenchConfig {
     pub update_pct: Option<f64>,
     /// Check every host's copy against the original after timing (not timed).
     pub verify: bool,
+    /// Where to copy every node's log before teardown, if anywhere.
+    pub logs: Option<PathBuf>,
+    /// The nodes' `RUST_LOG`, if not the testbed's default.
+    pub rust_log: Option<String>,
     /// The `vwnet` binary.
     pub vwnet: PathBuf,
 }
@@ -77,6 +81,37 @@ pub struct HostResult {
     pub bytes_in: u64,
     /// Bytes its interface sent during the timed part.
     pub bytes_out: u64,
+    /// What `vwnet pull` reported it fetched and wasted (vwnet runs only).
+    pub pull: Option<PullCost>,
+    /// Bytes it fetched and stored from the hosts of each site, by site name (vwnet runs
+    /// only): a chunk that came from another site crossed a WAN link for this host.
+    pub fetched_from_site: BTreeMap<String, u64>,
+}
+
+/// The part of `vwnet --json pull`'s summary that explains a host's bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullCost {
+    /// Bytes fetched and stored, each chunk once.
+    pub bytes_fetched: u64,
+    /// The same by peer id, credited to the peer whose copy was stored.
+    pub per_peer: Vec<(String, u64)>,
+    /// Duplicates, requests, endgame requests, cancels and timeouts.
+    pub overhead: PullOverhead,
+}
+
+/// `PullSummary::overhead` of the node's control protocol.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullOverhead {
+    /// Verified chunk bytes that arrived after another copy was stored.
+    pub bytes_duplicate: u64,
+    /// Chunk requests sent.
+    pub requests: u64,
+    /// Endgame duplicates among them.
+    pub endgame_requests: u64,
+    /// Requests given up (timed out or made useless).
+    pub cancels: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
 }
 
 /// The whole run, as printed by `vwnet-testbed bench --json`.
@@ -178,6 +213,9 @@ fn snapshot(tb: &Testbed) -> Result<Snapshot, TestbedError> {
 pub fn run(topology: &Topology, config: &BenchConfig) -> Result<BenchReport, TestbedError> {
     let mut options = Options::new(&config.vwnet);
     options.logs_on_panic = false;
+    if let Some(filter) = &config.rust_log {
+        options.rust_log.clone_from(filter);
+    }
     let mut tb = Testbed::create(topology, options)?;
     let images_dir = tb.dir().join("images");
     fs::create_dir_all(&images_dir).map_err(io_err("create the image directory".into()))?;
@@ -249,6 +287,12 @@ pub fn run(topology: &Topology, config: &BenchConfig) -> Result<BenchReport, Tes
         }
     };
     let (start, done) = finished;
+    let is_vwnet = config.strategy == Strategy::Vwnet;
+    let site_of_peer = if is_vwnet {
+        sites_by_peer_id(&tb)?
+    } else {
+        BTreeMap::new()
+    };
     let after = snapshot(&tb)?;
 
     if config.verify {
@@ -256,13 +300,28 @@ pub fn run(topology: &Topology, config: &BenchConfig) -> Result<BenchReport, Tes
     }
 
     let mut hosts = Vec::new();
-    for (host, at) in pullers.iter().zip(&done) {
+    for (host, (at, out)) in pullers.iter().zip(&done) {
         let c = after.hosts[host].since(started.hosts[host]);
+        let pull: Option<PullCost> = if is_vwnet {
+            Some(
+                serde_json::from_slice(&out.stdout)
+                    .map_err(|e| host_err(host, format!("vwnet pull printed no summary: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let mut fetched_from_site = BTreeMap::new();
+        for (peer, bytes) in pull.iter().flat_map(|p| &p.per_peer) {
+            let site = site_of_peer.get(peer).map_or("unknown", String::as_str);
+            *fetched_from_site.entry(site.to_owned()).or_default() += bytes;
+        }
         hosts.push(HostResult {
             host: host.clone(),
             completed_secs: at.duration_since(start).as_secs_f64(),
             bytes_in: c.rx_bytes,
             bytes_out: c.tx_bytes,
+            pull,
+            fetched_from_site,
         });
     }
     let network_bytes = after
@@ -290,6 +349,9 @@ pub fn run(topology: &Topology, config: &BenchConfig) -> Result<BenchReport, Tes
         })
         .collect();
     let wall_secs = hosts.iter().map(|h| h.completed_secs).fold(0.0, f64::max);
+    if let Some(dir) = &config.logs {
+        copy_logs(&tb, dir)?;
+    }
     tb.teardown()?;
     Ok(BenchReport {
         topology: config.label.clone(),
@@ -312,7 +374,7 @@ fn run_all(
     hosts: &[String],
     job: impl Fn(&str) -> Result<Output, TestbedError> + Sync,
     what: &str,
-) -> Result<Vec<Instant>, TestbedError> {
+) -> Result<Vec<(Instant, Output)>, TestbedError> {
     std::thread::scope(|s| {
         let handles: Vec<_> = hosts
             .iter()
@@ -321,8 +383,7 @@ fn run_all(
                 s.spawn(move || {
                     let out = job(h)?;
                     let at = Instant::now();
-                    check(h, what, out)?;
-                    Ok::<_, TestbedError>(at)
+                    Ok::<_, TestbedError>((at, check(h, what, out)?))
                 })
             })
             .collect();
@@ -336,6 +397,24 @@ fn run_all(
             })
             .collect()
     })
+}
+
+/// Copies every host's node log to `dir/<host>.log`.
+fn copy_logs(tb: &Testbed, dir: &Path) -> Result<(), TestbedError> {
+    fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+    for host in tb.host_names() {
+        let to = dir.join(format!("{host}.log"));
+        fs::copy(tb.log_path(&host), &to).map_err(io_err(format!("copy the log of {host}")))?;
+    }
+    Ok(())
+}
+
+/// The site of every host's node, by peer id.
+fn sites_by_peer_id(tb: &Testbed) -> Result<BTreeMap<String, String>, TestbedError> {
+    tb.host_names()
+        .into_iter()
+        .map(|h| Ok((tb.peer_id(&h)?, tb.host(&h)?.site.clone())))
+        .collect()
 }
 
 /// Makes a key and a v1 description on the publisher; returns the description path.

@@ -503,6 +503,15 @@ impl Testbed {
         Ok(status["peers"].as_array().map_or(0, Vec::len))
     }
 
+    /// The libp2p peer id of host `host`'s node.
+    pub fn peer_id(&self, host: &str) -> Result<String, TestbedError> {
+        let status = self.vwnet_json(host, &["node", "status"])?;
+        status["peer_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| TestbedError::UnknownHost(format!("{host} (no peer id in its status)")))
+    }
+
     /// A command to run inside host `name`'s namespace (`ip netns exec <ns> PROGRAM`).
     pub fn command(&self, host: &str, program: &str) -> Result<Command, TestbedError> {
         let ns = &self.host(host)?.ns;

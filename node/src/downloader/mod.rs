@@ -20,7 +20,9 @@
 //!   deadline measures silence, not total time: every delivery from a peer pushes the deadlines
 //!   of its other requests to at least `request_timeout` from then, since a peer that serves
 //!   requests one after the other (say, behind an upload rate limit) is slow, not dead.
-//! - **Sizing to the rate**: each peer's delivery rate is estimated from its responses; its
+//! - **Sizing to the rate**: each peer's delivery rate is estimated from the bytes it delivers
+//!   over spans of at least the pipeline window (responses interleaved on one connection finish
+//!   together, so one response's time says little); its
 //!   bytes in flight are capped at what it delivers in the `pipeline_window` (1 s), and a
 //!   request at half that: a slow peer is never asked for more than it can send well
 //!   before the deadline, and a shared uplink is not filled with seconds of queued responses
@@ -269,8 +271,9 @@ struct Peer<P> {
     dull_gen: Option<u64>,
     /// Estimated delivery rate in bytes per second; `None` until the first delivery.
     rate: Option<f64>,
-    /// When the peer last delivered: a pipelined response's service time starts there.
-    last_delivery: Option<Duration>,
+    /// Start of the current rate sample and the bytes delivered since (see `on_delivery`).
+    rate_since: Option<Duration>,
+    rate_bytes: u64,
     /// Same site or another one.
     locality: Locality,
     /// [`stable_hash`] of the id: the peer's rendezvous key among the site's members.
@@ -500,7 +503,8 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             in_ready: false,
             dull_gen: None,
             rate: None,
-            last_delivery: None,
+            rate_since: None,
+            rate_bytes: 0,
             locality: Locality::Local,
             key: stable_hash(&peer),
             last_progress: self.now,
@@ -1213,22 +1217,41 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         }
         p.strikes = 0;
         if let Some(sent) = sent {
-            // Pipelined requests are served one after another: this one's service started when
-            // it was sent or when the previous delivery ended, whichever is later.
-            let start = p.last_delivery.map_or(sent, |l| l.max(sent));
-            let secs = now.saturating_sub(start).as_secs_f64();
-            if secs > 0.0 {
-                let sample = bytes as f64 / secs;
-                p.rate = Some(match p.rate {
-                    Some(r) => r + RATE_SAMPLE_WEIGHT * (sample - r),
-                    None => sample,
-                });
-            } else if p.rate.is_none() {
-                // Delivered in no measurable time: as fast as it gets.
-                p.rate = Some(f64::INFINITY);
+            // A peer's responses share its link and are interleaved on one connection, so
+            // requests pipelined together finish together: the second of two responses that
+            // completed a millisecond apart did not move at bytes per millisecond. A sample
+            // therefore spans at least a pipeline window of busy time, and counts every byte
+            // delivered in it. Only the first estimate comes from one response: it can only
+            // err low (other responses were moving too), which keeps the first caps small.
+            match p.rate {
+                None => {
+                    let secs = now.saturating_sub(sent).as_secs_f64();
+                    // Delivered in no measurable time: as fast as it gets.
+                    p.rate = Some(if secs > 0.0 {
+                        bytes as f64 / secs
+                    } else {
+                        f64::INFINITY
+                    });
+                    p.rate_since = Some(now);
+                    p.rate_bytes = 0;
+                }
+                Some(rate) => {
+                    let since = *p.rate_since.get_or_insert(sent);
+                    p.rate_bytes += bytes;
+                    let span = now.saturating_sub(since);
+                    if span >= self.config.pipeline_window {
+                        let sample = p.rate_bytes as f64 / span.as_secs_f64();
+                        p.rate = Some(if rate.is_finite() {
+                            rate + RATE_SAMPLE_WEIGHT * (sample - rate)
+                        } else {
+                            sample
+                        });
+                        p.rate_since = Some(now);
+                        p.rate_bytes = 0;
+                    }
+                }
             }
         }
-        p.last_delivery = Some(now);
         p.last_alive = now;
         let epoch = p.epoch;
         let until = now + self.config.request_timeout;
@@ -1604,6 +1627,11 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         let Some(p) = self.peers[slot as usize].as_mut() else {
             return;
         };
+        if p.requests == 0 {
+            // Busy again: time spent idle is not delivery time.
+            p.rate_since = Some(self.now);
+            p.rate_bytes = 0;
+        }
         p.requests += 1;
         p.bytes += bytes;
         // Pipelined: this request is served after everything already queued at the peer.

@@ -353,6 +353,34 @@ fn requests_are_sized_to_a_slow_peers_rate() {
     );
 }
 
+/// Responses interleaved on one connection finish together: the second, a millisecond after
+/// the first, must not read as bytes per millisecond and open the peer's cap wide (which
+/// queued tens of MiB per puller at a shared seed and starved its connections into timeouts).
+#[test]
+fn responses_finishing_together_do_not_inflate_the_rate() {
+    let config = config()
+        .max_requests_per_peer(8)
+        .max_bytes_per_peer(64 * 1024)
+        .pipeline_window(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut d = Downloader::new(config, table(400, 1024), []).unwrap();
+    d.add_peer(Duration::ZERO, 1, Holds::Everything).unwrap();
+    let first = requests(&drain(&mut d, Duration::ZERO));
+    assert_eq!(first.len(), 2);
+    // Both 4 KiB responses shared the link for 900 ms: about 9 KiB/s in truth.
+    let t = 900 * MS;
+    d.on_response(t, &1, first[0].1, ok(&first[0].2));
+    drain(&mut d, t);
+    d.on_response(t + MS, &1, first[1].1, ok(&first[1].2));
+    drain(&mut d, t + MS);
+    let (_, bytes) = d.in_flight(&1).unwrap();
+    assert!(
+        bytes <= 10 * 1024,
+        "{bytes} bytes in flight: the rate was read from a 1 ms gap"
+    );
+}
+
 // ----- sites ---------------------------------------------------------------------------------
 
 /// Serves every request at once and in full, reporting the chunks each peer was asked for.

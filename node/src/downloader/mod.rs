@@ -23,7 +23,8 @@
 //! - **Sizing to the rate**: each peer's delivery rate is estimated from the bytes it delivers
 //!   over spans of at least the pipeline window (responses interleaved on one connection finish
 //!   together, so one response's time says little); its
-//!   bytes in flight are capped at what it delivers in the `pipeline_window` (1 s), and a
+//!   bytes in flight are capped at what it delivers in the `pipeline_window` (1 s, plus less
+//!   than one chunk: a request is sent while the peer is below the cap), and a
 //!   request at half that: a slow peer is never asked for more than it can send well
 //!   before the deadline, and a shared uplink is not filled with seconds of queued responses
 //!   (the simulator measured 4 MiB requests with 32 MiB queued per peer at +48% over S/B on a
@@ -1285,7 +1286,6 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
 
     /// Whether the peer may get another request now.
     fn can_send(&self, p: &Peer<P>) -> bool {
-        let max_chunk = u64::from(self.table.max_chunk_len());
         let max_requests = if p.strikes > 0 {
             1
         } else if p.rate.is_none() {
@@ -1293,9 +1293,11 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         } else {
             self.config.max_requests_per_peer
         };
+        // Below the cap, not "room for one more chunk": a cap of 2.9 requests must not leave
+        // two requests in lock-step, finishing together and idling the link for a round trip.
         p.backoff_until.is_none()
             && p.requests < max_requests
-            && (p.requests == 0 || p.bytes + max_chunk <= self.byte_cap(p))
+            && (p.requests == 0 || p.bytes < self.byte_cap(p))
     }
 
     fn global_room(&self) -> bool {

@@ -14,6 +14,15 @@
 //! versions live with the flow *slot* and keep counting when the slot is reused, so an entry
 //! left by a finished flow can never complete its successor early.
 //! Unlimited links are left out of paths altogether: they never constrain anything.
+//! A re-solve that leaves a flow's rate unchanged keeps its heap entry (no new entry), and
+//! stale entries are swept out when they outnumber the live ones.
+//!
+//! Provisional mode (for the largest runs, where every start or end re-solving one giant
+//! component costs O(flows)): the caller re-solves exactly only every so often and in between
+//! calls [`Network::fill_local`], which gives a new flow the capacity its path has left and
+//! hands a finished flow's rate to the other flows of its links, as far as their paths have room.
+//! Rates then never exceed a link's capacity, and a link with waiting flows does not idle, but
+//! the split between flows is max–min fair only as of the last exact solve.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -34,6 +43,8 @@ struct Link {
     flows: Vec<FlowId>,
     /// Bytes carried so far (accounted when flows are settled).
     carried: f64,
+    /// Sum of the rates of its flows (provisional mode keeps it ≤ `cap`).
+    alloc: f64,
     stamp: u64,
     // Scratch for progressive filling.
     rem: f64,
@@ -50,6 +61,8 @@ struct Flow {
     /// Time up to which `remaining` is accounted.
     since: f64,
     version: u32,
+    /// Whether a heap entry with the current `version` is live.
+    has_due: bool,
     stamp: u64,
     frozen: bool,
     tag: u64,
@@ -115,6 +128,10 @@ pub struct Network {
     active: usize,
     recomputes: u64,
     solved_flows: u64,
+    /// Provisional mode: flows started and links freed since the last [`Network::fill_local`].
+    provisional: bool,
+    new_flows: Vec<FlowId>,
+    freed_links: Vec<LinkId>,
 }
 
 impl Network {
@@ -129,6 +146,7 @@ impl Network {
             cap: bytes_per_sec,
             flows: Vec::new(),
             carried: 0.0,
+            alloc: 0.0,
             stamp: 0,
             rem: 0.0,
             unfrozen: 0,
@@ -161,6 +179,8 @@ impl Network {
         }
         if path.is_empty() {
             self.instant.push(id);
+        } else if self.provisional {
+            self.new_flows.push(id);
         }
         self.flows[id as usize] = Some(Flow {
             links: path.to_vec(),
@@ -169,6 +189,7 @@ impl Network {
             rate: 0.0,
             since: now,
             version: self.slot_version[id as usize],
+            has_due: false,
             stamp: 0,
             frozen: false,
             tag,
@@ -184,7 +205,9 @@ impl Network {
         // Entries of this flow still in the heap must not match the slot's next occupant.
         self.slot_version[id as usize] = flow.version.wrapping_add(1);
         for (&l, &p) in flow.links.iter().zip(&flow.pos) {
-            let list = &mut self.links[l as usize].flows;
+            let link = &mut self.links[l as usize];
+            link.alloc = (link.alloc - flow.rate).max(0.0);
+            let list = &mut link.flows;
             list.swap_remove(p as usize);
             if let Some(&moved) = list.get(p as usize)
                 && let Some(m) = self.flows[moved as usize].as_mut()
@@ -193,6 +216,9 @@ impl Network {
                 m.pos[i] = p;
             }
             self.dirty.push(l);
+            if self.provisional && flow.rate > 0.0 {
+                self.freed_links.push(l);
+            }
         }
         self.free.push(id);
         self.active -= 1;
@@ -245,6 +271,7 @@ impl Network {
         for id in std::mem::take(&mut self.instant) {
             if let Some(f) = self.flows[id as usize].as_mut() {
                 f.rate = f64::INFINITY;
+                f.has_due = true;
                 f.version = f.version.wrapping_add(1);
                 self.due.push(Due {
                     at: now,
@@ -284,10 +311,15 @@ impl Network {
             }
         }
         self.solved_flows += comp_flows.len() as u64;
+        // Rates before the solve, to keep the heap entries of flows whose rate stays.
+        let mut before = Vec::with_capacity(comp_flows.len());
         for &f in &comp_flows {
             self.settle(f, now);
             if let Some(flow) = self.flows[f as usize].as_mut() {
                 flow.frozen = false;
+                before.push(flow.rate);
+            } else {
+                before.push(f64::NAN);
             }
         }
         // Progressive filling.
@@ -308,12 +340,21 @@ impl Network {
             if link.unfrozen == 0 {
                 continue;
             }
+            // Freezing a flow at the smallest share never lowers another link's share, so a
+            // key is at most its link's share: re-queue a link whose share grew instead of
+            // pushing a new key at every freeze (the heap then holds about one key per link).
             let current = link.rem.max(0.0) / f64::from(link.unfrozen);
-            if current != share {
-                continue; // a newer entry for this link is in the heap
+            if current > share {
+                heap.push(Share {
+                    share: current,
+                    link: l,
+                });
+                continue;
             }
-            let flows = self.links[l as usize].flows.clone();
-            for f in flows {
+            let share = current;
+            // Index loops: neither list changes during the filling.
+            for i in 0..self.links[l as usize].flows.len() {
+                let f = self.links[l as usize].flows[i];
                 let Some(flow) = self.flows[f as usize].as_mut() else {
                     continue;
                 };
@@ -322,38 +363,124 @@ impl Network {
                 }
                 flow.frozen = true;
                 flow.rate = share;
-                let links = flow.links.clone();
-                for o in links {
+                for j in 0..flow.links.len() {
+                    let Some(o) = self.flows[f as usize].as_ref().map(|fl| fl.links[j]) else {
+                        break;
+                    };
                     let ol = &mut self.links[o as usize];
                     ol.rem -= share;
                     ol.unfrozen -= 1;
-                    if o != l && ol.unfrozen > 0 {
-                        heap.push(Share {
-                            share: ol.rem.max(0.0) / f64::from(ol.unfrozen),
-                            link: o,
-                        });
-                    }
                 }
             }
         }
-        for &f in &comp_flows {
+        for &l in &comp_links {
+            let link = &mut self.links[l as usize];
+            link.alloc = (link.cap - link.rem).clamp(0.0, link.cap);
+        }
+        for (&f, &old) in comp_flows.iter().zip(&before) {
             let Some(flow) = self.flows[f as usize].as_mut() else {
                 continue;
             };
-            flow.version = flow.version.wrapping_add(1);
-            let at = if flow.remaining <= EPS_BYTES {
-                now
-            } else if flow.rate > 0.0 {
-                now + flow.remaining / flow.rate
-            } else {
-                continue; // starved: no completion until re-rated
-            };
-            self.due.push(Due {
-                at,
-                flow: f,
-                version: flow.version,
+            if flow.has_due && flow.rate == old {
+                continue; // same rate: its entry's time still holds
+            }
+            Self::reschedule(&mut self.due, f, flow, now);
+        }
+        self.sweep_due();
+    }
+
+    /// Gives `flow` a fresh heap entry for its current rate (none while it is starved).
+    fn reschedule(due: &mut BinaryHeap<Due>, id: FlowId, flow: &mut Flow, now: f64) {
+        flow.version = flow.version.wrapping_add(1);
+        let at = if flow.remaining <= EPS_BYTES {
+            now
+        } else if flow.rate > 0.0 {
+            now + flow.remaining / flow.rate
+        } else {
+            flow.has_due = false;
+            return; // starved: no completion until re-rated
+        };
+        flow.has_due = true;
+        due.push(Due {
+            at,
+            flow: id,
+            version: flow.version,
+        });
+    }
+
+    /// Drops stale heap entries once they outnumber live flows several times over.
+    fn sweep_due(&mut self) {
+        if self.due.len() > 4 * self.active + 1024 {
+            let flows = &self.flows;
+            self.due.retain(|d| {
+                flows[d.flow as usize]
+                    .as_ref()
+                    .is_some_and(|f| f.version == d.version)
             });
         }
+    }
+
+    /// Turns provisional mode on or off (see the module docs); off by default.
+    pub fn set_provisional(&mut self, on: bool) {
+        self.provisional = on;
+        self.new_flows.clear();
+        self.freed_links.clear();
+    }
+
+    /// Provisional mode: rates for the flows started and the capacity freed since the last
+    /// call, without a solve. A new flow gets the least capacity left on its path; then the
+    /// flows of each link a finished flow freed take what their paths have left, in list
+    /// order. Links stay dirty, so the next [`Self::recompute`] re-solves them exactly.
+    pub fn fill_local(&mut self, now: f64) {
+        for id in std::mem::take(&mut self.new_flows) {
+            self.top_up(id, now);
+        }
+        let freed = std::mem::take(&mut self.freed_links);
+        for l in freed {
+            for i in 0..self.links[l as usize].flows.len() {
+                let link = &self.links[l as usize];
+                if link.cap - link.alloc <= link.cap * 1e-9 {
+                    break; // the freed capacity is taken: a busy link's list can be long
+                }
+                let f = link.flows[i];
+                self.top_up(f, now);
+            }
+        }
+        self.sweep_due();
+    }
+
+    /// Raises a flow's rate by the least capacity its links have left, if any.
+    fn top_up(&mut self, id: FlowId, now: f64) {
+        let Some(flow) = self.flows.get(id as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        let room = flow
+            .links
+            .iter()
+            .map(|&l| {
+                let link = &self.links[l as usize];
+                link.cap - link.alloc
+            })
+            .fold(f64::INFINITY, f64::min);
+        // Ignore slivers left by rounding: they would only churn the heap.
+        let floor = flow
+            .links
+            .first()
+            .map_or(0.0, |&l| self.links[l as usize].cap * 1e-9);
+        // (`room` is never NaN: capacities and rates are finite.)
+        if room <= floor || !room.is_finite() {
+            return;
+        }
+        self.settle(id, now);
+        let Some(flow) = self.flows[id as usize].as_mut() else {
+            return;
+        };
+        flow.rate += room;
+        for &l in &flow.links {
+            let link = &mut self.links[l as usize];
+            link.alloc = (link.alloc + room).min(link.cap);
+        }
+        Self::reschedule(&mut self.due, id, flow, now);
     }
 
     /// The earliest completion, as (time, flow), without removing it.
@@ -382,7 +509,6 @@ impl Network {
                 self.links[l as usize].carried += rem;
             }
             f.remaining = 0.0;
-            f.rate = 0.0;
             f.since = at;
         }
         self.remove(at, id);
@@ -542,6 +668,97 @@ mod tests {
         assert!(close(t2, 15.0));
         assert_eq!(n.pop_completion().map(|x| x.1), Some(2));
         assert!(close(n.carried(l), 150.0));
+    }
+
+    /// Sum of the rates on each link.
+    fn loads(n: &Network) -> Vec<f64> {
+        let mut load = vec![0.0; n.link_count()];
+        for f in n.flows.iter().flatten() {
+            for &l in &f.links {
+                load[l as usize] += f.rate;
+            }
+        }
+        load
+    }
+
+    #[test]
+    fn provisional_rates_never_exceed_capacity_and_a_solve_restores_max_min() {
+        // Random starts and ends on a mesh, filled locally between solves: no link may carry
+        // more than its capacity, and a solve must land on the exact rates of a fresh network.
+        let caps = [5.0, 7.0, 11.0, 3.0, 13.0, 2.0, 17.0, 19.0];
+        let mut n = Network::new();
+        n.set_provisional(true);
+        let links: Vec<_> = caps.iter().map(|&c| n.add_link(c)).collect();
+        let mut seed = 99u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        let mut live: Vec<(FlowId, Vec<LinkId>)> = Vec::new();
+        let mut t = 0.0;
+        for step in 0..400u64 {
+            t += 0.01;
+            if live.len() > 5 && next() % 3 == 0 {
+                let (f, _) = live.swap_remove(next() % live.len());
+                n.remove(t, f);
+            } else {
+                let a = links[next() % links.len()];
+                let b = links[next() % links.len()];
+                let path: Vec<_> = if a == b { vec![a] } else { vec![a, b] };
+                live.push((n.start(t, &path, 1e9, step), path));
+            }
+            n.fill_local(t);
+            for (l, (&load, &cap)) in loads(&n).iter().zip(&caps).enumerate() {
+                assert!(
+                    load <= cap * (1.0 + 1e-9),
+                    "step {step}: link {l} at {load} > {cap}"
+                );
+            }
+            if step % 50 == 49 {
+                n.recompute(t);
+                let mut exact = Network::new();
+                for &c in &caps {
+                    exact.add_link(c);
+                }
+                let ids: Vec<_> = live
+                    .iter()
+                    .map(|(_, p)| exact.start(t, p, 1e9, 0))
+                    .collect();
+                exact.recompute(t);
+                for ((f, _), g) in live.iter().zip(ids) {
+                    let (a, b) = (n.rate(*f).unwrap(), exact.rate(g).unwrap());
+                    assert!(close(a, b), "step {step}: {a} vs exact {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn provisional_fill_gives_a_new_flow_the_room_left_and_hands_on_freed_capacity() {
+        let mut n = Network::new();
+        n.set_provisional(true);
+        let up = n.add_link(10.0);
+        let down = n.add_link(4.0);
+        let a = n.start(0.0, &[up], 1e9, 1);
+        n.fill_local(0.0);
+        assert!(close(n.rate(a).unwrap(), 10.0), "alone: the whole link");
+        let b = n.start(0.0, &[up, down], 1e9, 2);
+        n.fill_local(0.0);
+        assert_eq!(n.rate(b), Some(0.0), "no room left until a solve");
+        n.recompute(0.0);
+        assert!(close(n.rate(a).unwrap(), 6.0));
+        assert!(close(n.rate(b).unwrap(), 4.0));
+        n.remove(1.0, a);
+        n.fill_local(1.0);
+        assert!(
+            close(n.rate(b).unwrap(), 4.0),
+            "b is held by its other link"
+        );
+        let c = n.start(1.0, &[up], 1e9, 3);
+        n.fill_local(1.0);
+        assert!(close(n.rate(c).unwrap(), 6.0), "c takes what a left");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! its puller, a downloader deadline, a holdings announcement, a host joining or leaving) sit
 //! in one queue; flow completions come from the [`Network`]. After all events of one instant
 //! are handled, the network re-solves the rates of the components that changed (or, with a
-//! `rate_quantum`, at most once per quantum — an approximation kept for the largest runs).
+//! `rate_quantum`, exactly at most once per quantum and provisionally in between, see
+//! [`Network::fill_local`] — an approximation for the largest runs, measured in the README).
 //!
 //! A swarm host runs `vwnet_node::downloader::Downloader<u32>` (peers are host indices) and
 //! does exactly what `node/src/pull.rs` does with its actions: a `Request` becomes a request
@@ -605,6 +606,7 @@ impl<'a> Sim<'a> {
     ) -> Result<Self, RunError> {
         let names: Vec<String> = topo.hosts().into_iter().map(|h| h.name).collect();
         let mut net = Network::new();
+        net.set_provisional(workload.rate_quantum > 0.0);
         let fabric = Fabric::build(topo, &names, &mut net);
         let publisher = names.iter().position(|n| *n == topo.publisher).unwrap_or(0) as u32;
         let table = if strategy == Strategy::SwarmWarm {
@@ -760,6 +762,9 @@ impl<'a> Sim<'a> {
                 && self.net.next_completion().is_none_or(|(t, _)| t > self.now);
             if later && self.net.is_dirty() {
                 if self.workload.rate_quantum > 0.0 {
+                    // Until the next exact solve, new flows take the room left on their
+                    // paths and freed capacity goes to the flows that shared it.
+                    self.net.fill_local(self.now);
                     if !self.recompute_pending {
                         self.recompute_pending = true;
                         let at = self.now + self.workload.rate_quantum;
@@ -801,17 +806,47 @@ impl<'a> Sim<'a> {
             }
             return;
         }
-        // A random graph: each host links to k/2 random others, symmetric, so degrees ≈ k.
-        let n = pullers.len() as u64;
-        for (i, &h) in pullers.iter().enumerate() {
-            for _ in 0..k.div_ceil(2) {
+        if !self.swarm.site_aware || self.topo.sites.len() < 2 {
+            self.random_links(pullers, k, false);
+            return;
+        }
+        // A site-aware node splits the fetching of remote-only chunks among the site members
+        // it knows; the node learns every announcer (up to 4096), so it knows its site. With
+        // the bounded view of a large run, mostly-remote random neighbours would leave each
+        // host one or two local members and every unit fetched across the WAN by most of the
+        // site. So: most neighbours from the own site, a few elsewhere.
+        let remote = (k / 8).max(1);
+        let mut per_site: Vec<Vec<u32>> = vec![Vec::new(); self.topo.sites.len()];
+        for &h in pullers {
+            per_site[self.fabric.site_of[h as usize] as usize].push(h);
+        }
+        for group in &per_site {
+            if k - remote + 1 >= group.len() {
+                for &h in group {
+                    let others = group.iter().copied().filter(|&o| o != h);
+                    self.hosts[h as usize].neighbours.extend(others);
+                }
+            } else {
+                self.random_links(group, k - remote, false);
+            }
+        }
+        self.random_links(pullers, k, true);
+    }
+
+    /// Adds random symmetric links among `nodes`: each tries `cap / 2` random others, keeping
+    /// degrees at most `cap` (so about `cap`); `across` links only hosts of different sites.
+    fn random_links(&mut self, nodes: &[u32], cap: usize, across: bool) {
+        let n = nodes.len() as u64;
+        for (i, &h) in nodes.iter().enumerate() {
+            for _ in 0..cap.div_ceil(2) {
                 let j = self.rng.below(n) as usize;
                 if j == i {
                     continue;
                 }
-                let o = pullers[j];
-                if self.hosts[h as usize].neighbours.len() >= k
-                    || self.hosts[o as usize].neighbours.len() >= k
+                let o = nodes[j];
+                if (across && self.same_site(h, o))
+                    || self.hosts[h as usize].neighbours.len() >= cap
+                    || self.hosts[o as usize].neighbours.len() >= cap
                     || self.hosts[h as usize].neighbours.contains(&o)
                 {
                     continue;

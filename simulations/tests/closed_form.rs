@@ -178,3 +178,42 @@ fn pieces_no_larger_than_a_request_barely_change_the_swarm() {
     let chunks = makespan(0);
     within(makespan(256 * 1024), chunks, PIECE_TOLERANCE);
 }
+
+/// How far a 50 ms rate quantum (exact solves every 50 ms, provisional rates in between) may
+/// move the median and the makespan from exact max–min on this small two-site swarm.
+const QUANTUM_TOLERANCE: f64 = 0.05;
+
+#[test]
+fn a_rate_quantum_of_50_ms_barely_changes_the_swarm() {
+    // The largest runs re-solve max-min only every `rate_quantum` and fill in between
+    // (`Network::fill_local`); this checks the approximation against the exact solver.
+    let topo = Topology::from_toml(
+        "[defaults]\nuplink = \"100mbit\"\ndownlink = \"100mbit\"\ndelay = \"2ms\"\n\
+         [[site]]\nname = \"a\"\nhosts = 9\n[[site]]\nname = \"b\"\nhosts = 8\n\
+         [[wan]]\nsites = [\"a\", \"b\"]\nrate = \"200mbit\"\ndelay = \"20ms\"\n",
+    )
+    .unwrap();
+    let image = ImageModel::synthetic(64 * MIB, 64 * 1024, 0.0, 3);
+    let swarm = SwarmParams {
+        piece: MIB,
+        ..SwarmParams::default()
+    };
+    let p = payload(&image, swarm.piece).unwrap();
+    let stats = |quantum: f64| {
+        let w = Workload {
+            rate_quantum: quantum,
+            ..Workload::default()
+        };
+        let r = Sim::new(&topo, Strategy::Swarm, &p, &w, &swarm, 7)
+            .unwrap()
+            .run(&mut |_| {});
+        let done = r.sorted_completions();
+        assert_eq!(done.len(), r.hosts.len(), "every puller completes");
+        (done[done.len() / 2], done[done.len() - 1])
+    };
+    let (median, makespan) = stats(0.0);
+    let (q_median, q_makespan) = stats(0.05);
+    eprintln!("exact {median:.3}/{makespan:.3}, 50 ms quantum {q_median:.3}/{q_makespan:.3}");
+    within(q_median, median, QUANTUM_TOLERANCE);
+    within(q_makespan, makespan, QUANTUM_TOLERANCE);
+}

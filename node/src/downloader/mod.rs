@@ -1295,9 +1295,14 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         };
         // Below the cap, not "room for one more chunk": a cap of 2.9 requests must not leave
         // two requests in lock-step, finishing together and idling the link for a round trip.
+        // The hard per-peer limit still needs room for a whole chunk, or the pick would come
+        // back empty and leave the peer idle.
+        let max_chunk = u64::from(self.table.max_chunk_len());
         p.backoff_until.is_none()
             && p.requests < max_requests
-            && (p.requests == 0 || p.bytes < self.byte_cap(p))
+            && (p.requests == 0
+                || (p.bytes < self.byte_cap(p)
+                    && p.bytes + max_chunk <= self.config.max_bytes_per_peer))
     }
 
     fn global_room(&self) -> bool {

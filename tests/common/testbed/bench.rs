@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use vwnet_node::control::PullSummary;
 use vwnet_sim::topology::Topology;
 
 use super::{LinkCounters, Options, Testbed, TestbedError, wait_for};
@@ -81,37 +82,11 @@ pub struct HostResult {
     pub bytes_in: u64,
     /// Bytes its interface sent during the timed part.
     pub bytes_out: u64,
-    /// What `vwnet pull` reported it fetched and wasted (vwnet runs only).
-    pub pull: Option<PullCost>,
+    /// What `vwnet --json pull` reported: fetched, per peer and wasted (vwnet runs only).
+    pub pull: Option<PullSummary>,
     /// Bytes it fetched and stored from the hosts of each site, by site name (vwnet runs
     /// only): a chunk that came from another site crossed a WAN link for this host.
     pub fetched_from_site: BTreeMap<String, u64>,
-}
-
-/// The part of `vwnet --json pull`'s summary that explains a host's bytes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PullCost {
-    /// Bytes fetched and stored, each chunk once.
-    pub bytes_fetched: u64,
-    /// The same by peer id, credited to the peer whose copy was stored.
-    pub per_peer: Vec<(String, u64)>,
-    /// Duplicates, requests, endgame requests, cancels and timeouts.
-    pub overhead: PullOverhead,
-}
-
-/// `PullSummary::overhead` of the node's control protocol.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PullOverhead {
-    /// Verified chunk bytes that arrived after another copy was stored.
-    pub bytes_duplicate: u64,
-    /// Chunk requests sent.
-    pub requests: u64,
-    /// Endgame duplicates among them.
-    pub endgame_requests: u64,
-    /// Requests given up (timed out or made useless).
-    pub cancels: u64,
-    /// Requests that timed out.
-    pub timeouts: u64,
 }
 
 /// The whole run, as printed by `vwnet-testbed bench --json`.
@@ -302,7 +277,7 @@ pub fn run(topology: &Topology, config: &BenchConfig) -> Result<BenchReport, Tes
     let mut hosts = Vec::new();
     for (host, (at, out)) in pullers.iter().zip(&done) {
         let c = after.hosts[host].since(started.hosts[host]);
-        let pull: Option<PullCost> = if is_vwnet {
+        let pull: Option<PullSummary> = if is_vwnet {
             Some(
                 serde_json::from_slice(&out.stdout)
                     .map_err(|e| host_err(host, format!("vwnet pull printed no summary: {e}")))?,

@@ -93,7 +93,7 @@ pub struct Services {
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Upload slots: inbound chunk requests served at once.
-    pub uploads: Semaphore,
+    pub uploads: Arc<Semaphore>,
     /// Upload byte rate.
     pub upload_rate: RateLimiter,
     /// Download byte rate.
@@ -356,7 +356,7 @@ pub async fn run(config: NodeConfig) -> Result<(), DaemonError> {
         locks,
         manager,
         metrics: metrics.clone(),
-        uploads: Semaphore::new(limits.max_concurrent_uploads),
+        uploads: Arc::new(Semaphore::new(limits.max_concurrent_uploads)),
         upload_rate: RateLimiter::new(limits.upload_bytes_per_sec),
         download_rate: RateLimiter::new(limits.download_bytes_per_sec),
         peers: Mutex::new(HashMap::new()),
@@ -670,15 +670,19 @@ async fn serve_inbound(services: &Arc<Services>, request: InboundRequest) {
     match request {
         InboundRequest::Chunks {
             peer,
+            request_id,
             request,
             channel,
         } => {
             // Refused cheaply when every upload slot is busy: the downloader asks elsewhere.
-            let Ok(_permit) = services.uploads.try_acquire() else {
+            // A slot is held until the response has been sent, so the slots bound the bytes
+            // queued here for peers, not only the reads from the store.
+            let Ok(slot) = Arc::clone(&services.uploads).try_acquire_owned() else {
                 Metrics::add(&services.metrics.uploads_refused, 1);
+                let busy = ChunkResponse::Refused(WireRefusal::Busy);
                 let _ = services
                     .net
-                    .respond_chunks(channel, ChunkResponse::Refused(WireRefusal::Busy))
+                    .respond_chunks(channel, request_id, busy, None)
                     .await;
                 return;
             };
@@ -716,7 +720,10 @@ async fn serve_inbound(services: &Arc<Services>, request: InboundRequest) {
                     ChunkResponse::Refused(WireRefusal::Busy)
                 }
             };
-            let _ = services.net.respond_chunks(channel, response).await;
+            let _ = services
+                .net
+                .respond_chunks(channel, request_id, response, Some(slot))
+                .await;
         }
         InboundRequest::Manifest {
             request, channel, ..

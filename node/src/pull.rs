@@ -43,6 +43,7 @@ use vwnet_protocol::ids::{ChunkHash, ImageId};
 use vwnet_protocol::time::Timestamp;
 use vwnet_protocol::wire::{
     self, ChunkReply, ChunkRequest, ChunkResponse, Holdings, ManifestRequest, ManifestResponse,
+    Refusal as WireRefusal,
 };
 
 use crate::control::{PullOverhead, PullProgress, PullSummary, Response};
@@ -468,6 +469,7 @@ async fn pull_image(
     o.endgame_requests += stats.endgame_requests;
     o.cancels += stats.cancels;
     o.timeouts += stats.timeouts;
+    o.busy += stats.busy;
     info!(
         image = %image.id.short(),
         wanted = stats.bytes_wanted,
@@ -477,6 +479,7 @@ async fn pull_image(
         endgame = stats.endgame_requests,
         cancels = stats.cancels,
         timeouts = stats.timeouts,
+        busy = stats.busy,
         "pull scheduling"
     );
     result?;
@@ -697,12 +700,12 @@ async fn fetch(
     };
     let replies = match response {
         Ok(ChunkResponse::Chunks(replies)) => replies,
-        Ok(ChunkResponse::Refused(_)) => {
-            return Outcome::Failed {
-                peer,
-                id,
-                failure: Failure::Other,
+        Ok(ChunkResponse::Refused(refusal)) => {
+            let failure = match refusal {
+                WireRefusal::Busy => Failure::Busy,
+                _ => Failure::Other,
             };
+            return Outcome::Failed { peer, id, failure };
         }
         Err(err) => {
             debug!(%peer, %err, "chunk request failed");

@@ -5,7 +5,7 @@
 # (user + sys) of the whole run (the nodes are children of the testbed; image generation,
 # publishing and the final copy check are included), bytes received per host as a multiple of S,
 # bytes over WAN links, and the pulls' own counters (timeouts, duplicate bytes, endgame
-# requests, requests) summed over the hosts.
+# requests, requests, busy refusals) summed over the hosts.
 #
 #   sudo tests/benches/swarm_ab.sh TOPOLOGY VWNET_A VWNET_B [ROUNDS]
 #   e.g. sudo tests/benches/swarm_ab.sh tests/benches/topologies/star-16.toml /tmp/vwnet-old target/release/vwnet
@@ -42,12 +42,13 @@ d = json.load(open(base + ".json"))
 user, sys_ = map(float, open(base + ".time").read().split()[-2:])
 hosts, size = d["hosts"], d["size_bytes"]
 pulls = [h["pull"]["overhead"] for h in hosts if h.get("pull")]
-total = lambda key: sum(p[key] for p in pulls)
+total = lambda key: sum(p.get(key, 0) for p in pulls)
 wan = sum(d["wan_bytes"].values()) / size
 print(f"{name}: {d['wall_secs']:.1f} s, {user + sys_:.0f} CPU-s, "
       f"in/host {sum(h['bytes_in'] for h in hosts) / len(hosts) / size:.3f} x S, WAN {wan:.2f} x S, "
       f"timeouts {total('timeouts')}, duplicate {total('bytes_duplicate') / 2**20:.1f} MiB, "
-      f"endgame {total('endgame_requests')}, requests {total('requests')}; load before {load}",
+      f"endgame {total('endgame_requests')}, requests {total('requests')}, busy {total('busy')}; "
+      f"load before {load}",
       flush=True)
 EOF
     done

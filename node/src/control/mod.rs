@@ -335,6 +335,10 @@ pub struct PullOverhead {
     pub cancels: u64,
     /// Of those, requests that timed out.
     pub timeouts: u64,
+    /// Requests a peer refused because all its upload slots were taken; asked again elsewhere
+    /// or later. Absent in summaries from nodes before upload slots were held until sent.
+    #[serde(default)]
+    pub busy: u64,
 }
 
 /// Why a control exchange failed.

@@ -141,6 +141,9 @@ pub enum Failure {
     Timeout,
     /// Any other failure: stream reset, protocol not supported, dial failure.
     Other,
+    /// The peer refused because every upload slot it has was taken. Not the peer's fault: it
+    /// is paused for the back-off base without a strike, so a busy seed is asked again soon.
+    Busy,
 }
 
 /// What the driver should do next.
@@ -994,14 +997,39 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         match failure {
             Failure::Timeout => self.stats.timeouts += 1,
             Failure::Other => self.stats.failures += 1,
+            Failure::Busy => {
+                self.stats.busy += 1;
+                if let Some(id) = self.pause(req.slot, req.epoch) {
+                    self.peer_stat(&id).busy += 1;
+                }
+                return;
+            }
         }
         if let Some(id) = self.strike(req.slot, req.epoch) {
             let s = self.peer_stat(&id);
             match failure {
                 Failure::Timeout => s.timeouts += 1,
                 Failure::Other => s.failures += 1,
+                Failure::Busy => {}
             }
         }
+    }
+
+    /// Pauses a busy peer for the back-off base unless it already waits; no strike, so its
+    /// health and request limit stay as they were. Returns its id if it is still connected.
+    fn pause(&mut self, slot: u32, epoch: u32) -> Option<P> {
+        let until = self.now + self.config.backoff_base;
+        let p = self
+            .peers
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|p| p.epoch == epoch)?;
+        if p.backoff_until.is_none() {
+            p.backoff_until = Some(until);
+            self.timers
+                .push(Reverse((until, Timer::Backoff { slot, epoch })));
+        }
+        Some(p.id.clone())
     }
 
     /// Backs the peer off exponentially; returns its id if it is still connected.

@@ -35,6 +35,8 @@ pub struct Stats {
     pub timeouts: u64,
     /// Requests that failed otherwise.
     pub failures: u64,
+    /// Requests refused because every upload slot of the peer was taken.
+    pub busy: u64,
     /// Peers banned for corrupt chunks.
     pub bans: u64,
 }
@@ -67,4 +69,6 @@ pub struct PeerStats {
     pub timeouts: u64,
     /// Requests to the peer that failed otherwise.
     pub failures: u64,
+    /// Requests the peer refused because all its upload slots were taken.
+    pub busy: u64,
 }

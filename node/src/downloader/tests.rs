@@ -700,3 +700,35 @@ fn two_site_swarm(site_aware: bool) -> (u64, Vec<u32>) {
     }
     (wan, per_chunk)
 }
+
+/// A busy refusal re-queues the chunks and pauses the peer for the back-off base, every time:
+/// it is not a strike, so a seed that stays busy is asked again each second, not ever later.
+#[test]
+fn busy_refusals_pause_the_peer_without_escalating() {
+    let mut d = Downloader::new(config().build().unwrap(), table(8, 1024), []).unwrap();
+    d.add_peer(Duration::ZERO, 1, Holds::Everything).unwrap();
+    let first = requests(&drain(&mut d, Duration::ZERO));
+    assert!(!first.is_empty());
+    let mut t = Duration::ZERO;
+    for round in 0..3 {
+        let reqs = if round == 0 {
+            first.clone()
+        } else {
+            requests(&drain(&mut d, t))
+        };
+        assert_eq!(reqs.len(), first.len(), "round {round}: {reqs:?}");
+        for (peer, id, _) in &reqs {
+            d.on_failure(t + MS, peer, *id, Failure::Busy);
+        }
+        // Paused for exactly the back-off base (1 s), however often it was busy.
+        assert!(requests(&drain(&mut d, t + Duration::from_secs(1))).is_empty());
+        t += Duration::from_secs(1) + MS;
+    }
+    let stats = d.stats();
+    assert_eq!(stats.busy, 3 * first.len() as u64);
+    assert_eq!((stats.failures, stats.timeouts), (0, 0));
+    // The chunks were re-queued: serving the next round completes the download.
+    let asked = serve_all(&mut d, t);
+    assert_eq!(chunks_of(&asked, 1).len(), 8);
+    assert!(d.is_complete());
+}

@@ -8,9 +8,9 @@
 use std::collections::HashSet;
 
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
-use libp2p::request_response::ResponseChannel;
+use libp2p::request_response::{InboundRequestId, ResponseChannel};
 use libp2p::{Multiaddr, PeerId, kad};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::protocols::{
     CatalogRequest, CatalogResponse, ChunkRequest, ChunkResponse, DeployRequest, DeployResponse,
@@ -191,14 +191,23 @@ impl Client {
             .await
     }
 
-    /// Answers an inbound chunk request.
+    /// Answers inbound chunk request `request_id`. `slot`, if any, is released only once the
+    /// response has been handed to the connection or has failed, so upload slots bound the
+    /// bytes queued for peers rather than the time spent reading them from the store.
     pub async fn respond_chunks(
         &self,
         channel: ResponseChannel<ChunkResponse>,
+        request_id: InboundRequestId,
         response: ChunkResponse,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> Result<(), NetworkError> {
-        self.send(Command::RespondChunks { channel, response })
-            .await
+        self.send(Command::RespondChunks {
+            channel,
+            request_id,
+            response,
+            slot,
+        })
+        .await
     }
 
     /// Answers an inbound manifest request.

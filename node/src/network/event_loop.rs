@@ -12,10 +12,10 @@ use std::collections::{HashMap, HashSet};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance};
 use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult};
-use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, Swarm, identify, mdns};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tracing::{debug, info, trace, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, topics};
@@ -39,6 +39,8 @@ pub struct EventLoop {
     pending_catalog: HashMap<OutboundRequestId, Reply<CatalogResponse>>,
     pending_locks: HashMap<OutboundRequestId, Reply<LockResponse>>,
     pending_deploys: HashMap<OutboundRequestId, Reply<DeployResponse>>,
+    /// Upload slots of chunk responses handed to their connection and not yet sent.
+    sending_chunks: HashMap<InboundRequestId, OwnedSemaphorePermit>,
     /// Whether a Kademlia bootstrap has been started since the routing table was empty.
     bootstrapped: bool,
 }
@@ -58,6 +60,7 @@ impl EventLoop {
             pending_start_providing: HashMap::new(),
             pending_get_providers: HashMap::new(),
             pending_chunks: HashMap::new(),
+            sending_chunks: HashMap::new(),
             pending_manifests: HashMap::new(),
             pending_catalog: HashMap::new(),
             pending_locks: HashMap::new(),
@@ -219,15 +222,24 @@ impl EventLoop {
                 });
             }
             BehaviourEvent::Chunks(event) => {
-                if let Some(request) =
-                    inbound(event, &mut self.pending_chunks, |peer, request, channel| {
-                        InboundRequest::Chunks {
-                            peer,
-                            request,
-                            channel,
-                        }
-                    })
-                {
+                // A response's upload slot is free once its bytes are out, or it failed.
+                match &event {
+                    request_response::Event::ResponseSent { request_id, .. }
+                    | request_response::Event::InboundFailure { request_id, .. } => {
+                        self.sending_chunks.remove(request_id);
+                    }
+                    _ => {}
+                }
+                if let Some(request) = inbound(
+                    event,
+                    &mut self.pending_chunks,
+                    |peer, request_id, request, channel| InboundRequest::Chunks {
+                        peer,
+                        request_id,
+                        request,
+                        channel,
+                    },
+                ) {
                     self.emit(Event::Inbound(request));
                 }
             }
@@ -235,7 +247,7 @@ impl EventLoop {
                 if let Some(request) = inbound(
                     event,
                     &mut self.pending_manifests,
-                    |peer, request, channel| InboundRequest::Manifest {
+                    |peer, _, request, channel| InboundRequest::Manifest {
                         peer,
                         request,
                         channel,
@@ -248,7 +260,7 @@ impl EventLoop {
                 if let Some(request) = inbound(
                     event,
                     &mut self.pending_catalog,
-                    |peer, request, channel| InboundRequest::Catalog {
+                    |peer, _, request, channel| InboundRequest::Catalog {
                         peer,
                         request,
                         channel,
@@ -258,15 +270,15 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Locks(event) => {
-                if let Some(request) =
-                    inbound(event, &mut self.pending_locks, |peer, request, channel| {
-                        InboundRequest::Lock {
-                            peer,
-                            request,
-                            channel,
-                        }
-                    })
-                {
+                if let Some(request) = inbound(
+                    event,
+                    &mut self.pending_locks,
+                    |peer, _, request, channel| InboundRequest::Lock {
+                        peer,
+                        request,
+                        channel,
+                    },
+                ) {
                     self.emit(Event::Inbound(request));
                 }
             }
@@ -274,7 +286,7 @@ impl EventLoop {
                 if let Some(request) = inbound(
                     event,
                     &mut self.pending_deploys,
-                    |peer, request, channel| InboundRequest::Deploy {
+                    |peer, _, request, channel| InboundRequest::Deploy {
                         peer,
                         request: Box::new(request),
                         channel,
@@ -417,9 +429,18 @@ impl EventLoop {
             Command::RespondDeploy { channel, response } => {
                 let _ = behaviour.deploys.send_response(channel, response);
             }
-            Command::RespondChunks { channel, response } => {
-                // Err means the peer went away or the request timed out: nothing to do.
-                let _ = behaviour.chunks.send_response(channel, response);
+            Command::RespondChunks {
+                channel,
+                request_id,
+                response,
+                slot,
+            } => {
+                // Err means the peer went away or the request timed out: the slot is free now.
+                if behaviour.chunks.send_response(channel, response).is_ok()
+                    && let Some(slot) = slot
+                {
+                    self.sending_chunks.insert(request_id, slot);
+                }
             }
             Command::RespondManifest { channel, response } => {
                 let _ = behaviour.manifests.send_response(channel, response);
@@ -444,13 +465,20 @@ impl EventLoop {
 fn inbound<Req, Resp>(
     event: request_response::Event<Req, Resp>,
     pending: &mut HashMap<OutboundRequestId, Reply<Resp>>,
-    wrap: impl FnOnce(PeerId, Req, request_response::ResponseChannel<Resp>) -> InboundRequest,
+    wrap: impl FnOnce(
+        PeerId,
+        InboundRequestId,
+        Req,
+        request_response::ResponseChannel<Resp>,
+    ) -> InboundRequest,
 ) -> Option<InboundRequest> {
     match event {
         request_response::Event::Message { peer, message, .. } => match message {
             request_response::Message::Request {
-                request, channel, ..
-            } => Some(wrap(peer, request, channel)),
+                request_id,
+                request,
+                channel,
+            } => Some(wrap(peer, request_id, request, channel)),
             request_response::Message::Response {
                 request_id,
                 response,

@@ -21,8 +21,9 @@ use std::collections::HashSet;
 
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::identity::Keypair;
-use libp2p::request_response::{OutboundFailure, ResponseChannel};
+use libp2p::request_response::{InboundRequestId, OutboundFailure, ResponseChannel};
 use libp2p::{Multiaddr, PeerId, kad, noise, tcp, yamux};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::{mpsc, oneshot, watch};
 use vwnet_protocol::identity::Identity;
 
@@ -266,8 +267,12 @@ pub enum Command {
     RespondChunks {
         /// Where the answer goes.
         channel: ResponseChannel<ChunkResponse>,
+        /// The request answered, to recognise when its response has left.
+        request_id: InboundRequestId,
         /// The answer.
         response: ChunkResponse,
+        /// An upload slot held until the response has been sent or has failed.
+        slot: Option<OwnedSemaphorePermit>,
     },
     /// Answer an inbound manifest request.
     RespondManifest {
@@ -303,6 +308,8 @@ pub enum InboundRequest {
     Chunks {
         /// Who asks.
         peer: PeerId,
+        /// Which request this is, to quote when answering.
+        request_id: InboundRequestId,
         /// What.
         request: ChunkRequest,
         /// Where to answer.
@@ -506,10 +513,11 @@ fn finish(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use libp2p::multiaddr::Protocol;
-    use vwnet_protocol::ids::WorkspaceId;
+    use vwnet_protocol::ids::{ChunkHash, WorkspaceId};
     use vwnet_protocol::wire::ChunkReply;
 
     use super::*;
@@ -542,6 +550,17 @@ mod tests {
         .expect("timed out waiting for an event")
     }
 
+    /// Waits until the one upload slot is free again.
+    async fn slot_returns(slots: &tokio::sync::Semaphore) {
+        tokio::time::timeout(WAIT, async {
+            while slots.available_permits() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the upload slot was never released");
+    }
+
     #[tokio::test]
     async fn requests_gossip_and_shutdown_over_the_memory_transport() {
         let (trigger, signal) = crate::shutdown::channel();
@@ -570,10 +589,13 @@ mod tests {
         })
         .await;
 
-        // A's services: answer catalog requests, answer chunk requests with a response that
-        // breaks the wire limits, and reject every gossip message.
+        // A's services: answer catalog requests, answer an empty chunk request with a response
+        // that breaks the wire limits and any other with "missing", each holding one upload
+        // slot, and reject every gossip message.
         let (gossip_tx, mut gossip_rx) = mpsc::channel(16);
         let a_client = a.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let a_slots = Arc::clone(&slots);
         tokio::spawn(async move {
             while let Some(event) = a_events.recv().await {
                 match event {
@@ -583,10 +605,25 @@ mod tests {
                             .await
                             .unwrap();
                     }
-                    Event::Inbound(InboundRequest::Chunks { channel, .. }) => {
-                        let too_many = vec![ChunkReply::Missing; 1000];
+                    Event::Inbound(InboundRequest::Chunks {
+                        channel,
+                        request_id,
+                        request,
+                        ..
+                    }) => {
+                        let slot = Arc::clone(&a_slots).try_acquire_owned().unwrap();
+                        let replies = if request.hashes.is_empty() {
+                            vec![ChunkReply::Missing; 1000]
+                        } else {
+                            vec![ChunkReply::Missing; request.hashes.len()]
+                        };
                         a_client
-                            .respond_chunks(channel, ChunkResponse::Chunks(too_many))
+                            .respond_chunks(
+                                channel,
+                                request_id,
+                                ChunkResponse::Chunks(replies),
+                                Some(slot),
+                            )
                             .await
                             .unwrap();
                     }
@@ -624,6 +661,17 @@ mod tests {
             matches!(err, RequestError::Io(_) | RequestError::ConnectionClosed),
             "{err:?}"
         );
+        // A response that failed gives its upload slot back (else the next request's
+        // `try_acquire_owned` in A's handler would panic and B would see no answer).
+        slot_returns(&slots).await;
+        let hash = ChunkHash::from_bytes([9; ChunkHash::LEN]);
+        let answer = b
+            .request_chunks(a_peer, ChunkRequest { hashes: vec![hash] })
+            .await
+            .unwrap();
+        assert_eq!(answer, ChunkResponse::Chunks(vec![ChunkReply::Missing]));
+        // So does one that was sent.
+        slot_returns(&slots).await;
 
         // Gossip reaches A once the mesh has formed (publish until it does).
         let b_peer = keypair(&b_id).public().to_peer_id();

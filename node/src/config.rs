@@ -68,7 +68,8 @@ pub struct Limits {
     pub upload_bytes_per_sec: Option<u64>,
     /// Download rate cap in bytes per second; `None` is unlimited.
     pub download_bytes_per_sec: Option<u64>,
-    /// Inbound chunk requests served at the same time; more wait for a slot.
+    /// Chunk responses being read or sent at the same time (a slot is held until the response
+    /// has left); a request beyond them is refused as busy and asked again elsewhere or later.
     pub max_concurrent_uploads: usize,
 }
 

@@ -92,7 +92,7 @@ pub struct Services {
     pub manager: crate::manager::Manager,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Upload slots: inbound chunk requests served at once.
+    /// Upload slots: chunk responses being read or sent at once.
     pub uploads: Arc<Semaphore>,
     /// Upload byte rate.
     pub upload_rate: RateLimiter,

@@ -526,7 +526,7 @@ fn locality(services: &Services, peer: &PeerId) -> Locality {
 /// How long a puller waits between two announcements of its holdings when `peers` other
 /// nodes serve the image: [`TICK`] while that keeps the swarm within
 /// [`ANNOUNCEMENTS_PER_SEC`] per receiver, proportionally longer beyond.
-fn announce_interval(peers: usize) -> Duration {
+pub fn announce_interval(peers: usize) -> Duration {
     let budget =
         Duration::from_secs(1) * u32::try_from(peers).unwrap_or(u32::MAX) / ANNOUNCEMENTS_PER_SEC;
     budget.max(TICK)

@@ -206,6 +206,10 @@ impl Network {
         self.slot_version[id as usize] = flow.version.wrapping_add(1);
         for (&l, &p) in flow.links.iter().zip(&flow.pos) {
             let link = &mut self.links[l as usize];
+            // Only a link that was full held its flows back: one with room to spare (a WAN
+            // link under its hosts' rates, crossed by thousands of flows in the largest runs)
+            // has nothing to hand on that its flows could not already have taken.
+            let was_full = link.cap - link.alloc <= link.cap * 1e-9;
             link.alloc = (link.alloc - flow.rate).max(0.0);
             let list = &mut link.flows;
             list.swap_remove(p as usize);
@@ -216,7 +220,7 @@ impl Network {
                 m.pos[i] = p;
             }
             self.dirty.push(l);
-            if self.provisional && flow.rate > 0.0 {
+            if self.provisional && flow.rate > 0.0 && was_full {
                 self.freed_links.push(l);
             }
         }

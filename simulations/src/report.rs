@@ -204,7 +204,7 @@ pub fn write_outputs(sc: &Scenario, o: &Outcome, out: &Path) -> Result<(), Repor
         source,
     })?;
     let mut summary = String::from(
-        "strategy,pullers,completed,makespan_s,median_s,wan_bytes,bytes_in_total,wall_s,events,flows,peak_flows,requests,endgame_requests,cancels,timeouts,duplicate_bytes,cancelled_bytes\n",
+        "strategy,pullers,completed,makespan_s,median_s,wan_bytes,bytes_in_total,wall_s,events,flows,peak_flows,requests,endgame_requests,cancels,timeouts,busy,duplicate_bytes,cancelled_bytes\n",
     );
     let mut hosts =
         String::from("strategy,pullers,host,site,started_s,completed_s,bytes_in,bytes_out\n");
@@ -213,7 +213,7 @@ pub fn write_outputs(sc: &Scenario, o: &Outcome, out: &Path) -> Result<(), Repor
         let done = r.sorted_completions();
         let _ = writeln!(
             summary,
-            "{},{n},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{}",
+            "{},{n},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{}",
             r.strategy.name(),
             done.len(),
             fmt_opt(r.makespan()),
@@ -228,6 +228,7 @@ pub fn write_outputs(sc: &Scenario, o: &Outcome, out: &Path) -> Result<(), Repor
             r.downloader.endgame_requests,
             r.downloader.cancels,
             r.downloader.timeouts,
+            r.downloader.busy,
             r.downloader.duplicate_bytes,
             r.cancelled_bytes
         );

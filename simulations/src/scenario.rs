@@ -14,8 +14,16 @@
 //! neighbours = 32
 //! # Overrides of the node's downloader settings (absent: the node's own, from
 //! # `vwnet_node::pull::downloader_config`): max_requests_per_peer, request_timeout,
-//! # max_request_bytes, max_bytes_per_peer, endgame_copies.
+//! # max_request_bytes, max_bytes_per_peer, endgame_copies, backoff_base (also the pause
+//! # after a Busy refusal).
+//! announce_every = "500ms"  # the pull loop's tick (node: 500 ms)
+//! announce_budget = 8.0     # announcements per second per receiver (absent: the node's
+//!                           # pull::announce_interval, 8; 0 = every tick)
 //! site_aware = true         # label peers by site as the node does (false: site-blind)
+//! upload_slots = 64         # responses a host sends at once, more are refused Busy (the
+//!                           # node's max_concurrent_uploads; 0 = unlimited)
+//! commit_every = "250ms"    # a puller's commits; it announces only committed chunks (the
+//!                           # node's pull::COMMIT_EVERY; 0 = at once)
 //! [workload]
 //! pullers = 100             # or sweep = [1, 10, 100]
 //! arrivals_per_sec = 2.0    # Poisson arrivals; absent = flash crowd at t = 0
@@ -151,6 +159,7 @@ struct RawSwarm {
     piece: Option<String>,
     neighbours: Option<usize>,
     announce_every: Option<String>,
+    announce_budget: Option<f64>,
     request_overhead: Option<String>,
     verify_rate: Option<String>,
     max_requests_per_peer: Option<u32>,
@@ -158,7 +167,10 @@ struct RawSwarm {
     max_request_bytes: Option<String>,
     max_bytes_per_peer: Option<String>,
     endgame_copies: Option<u8>,
+    backoff_base: Option<String>,
     site_aware: Option<bool>,
+    upload_slots: Option<usize>,
+    commit_every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -385,6 +397,13 @@ impl Scenario {
             }
             limits.request_timeout = Some(t);
         }
+        if let Some(t) = &rs.backoff_base {
+            let t = parse_duration(t).map_err(|e| bad("swarm.backoff_base", e))?;
+            if t <= 0.0 {
+                return Err(bad("swarm.backoff_base", "must be > 0"));
+            }
+            limits.backoff_base = Some(t);
+        }
         let size = |field: &str, v: &Option<String>| -> Result<Option<u64>, ScenarioError> {
             match v {
                 None => Ok(None),
@@ -414,6 +433,7 @@ impl Scenario {
                 &rs.announce_every,
                 defaults.announce_every,
             )?,
+            announce_budget: rs.announce_budget.or(defaults.announce_budget),
             request_overhead: dur("swarm.request_overhead", &rs.request_overhead, 0.0)?,
             verify_rate: match &rs.verify_rate {
                 Some(r) => parse_rate(r)
@@ -423,9 +443,21 @@ impl Scenario {
             },
             limits,
             site_aware: rs.site_aware.unwrap_or(defaults.site_aware),
+            upload_slots: rs.upload_slots.unwrap_or(defaults.upload_slots),
+            commit_every: dur(
+                "swarm.commit_every",
+                &rs.commit_every,
+                defaults.commit_every,
+            )?,
         };
         if swarm.announce_every <= 0.0 {
             return Err(bad("swarm.announce_every", "must be > 0"));
+        }
+        if swarm
+            .announce_budget
+            .is_some_and(|b| !(b.is_finite() && b >= 0.0))
+        {
+            return Err(bad("swarm.announce_budget", "must be >= 0"));
         }
         let w = &raw.workload;
         let churn = match (&w.churn_online, &w.churn_offline) {
@@ -584,6 +616,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("peice"), "{e}");
+        let e = Scenario::from_toml(
+            &format!("{ok}[swarm]\nannounce_budget = -1.0\n"),
+            dir.path(),
+            "x",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("swarm.announce_budget"), "{e}");
+        let s = Scenario::from_toml(
+            &format!(
+                "{ok}[swarm]\nupload_slots = 4\nannounce_budget = 0.0\nbackoff_base = \"100ms\"\n\
+                 commit_every = \"0ms\"\n"
+            ),
+            dir.path(),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.swarm.upload_slots,
+                s.swarm.announce_budget,
+                s.swarm.commit_every
+            ),
+            (4, Some(0.0), 0.0)
+        );
+        assert_eq!(s.swarm.limits.backoff_base, Some(0.1));
+        let s = Scenario::from_toml(ok, dir.path(), "x").unwrap();
+        assert_eq!(
+            (s.swarm.upload_slots, s.swarm.commit_every),
+            (
+                vwnet_node::config::Limits::default().max_concurrent_uploads,
+                vwnet_node::pull::COMMIT_EVERY.as_secs_f64()
+            ),
+            "the node's max_concurrent_uploads and commit period"
+        );
         let e = Scenario::from_toml(&ok.replace("t.toml", "missing.toml"), dir.path(), "x")
             .unwrap_err()
             .to_string();

@@ -1,10 +1,10 @@
 //! The discrete-event engine: hosts, strategies, and the node's downloader driving the swarm.
 //!
-//! Time is virtual seconds (`f64`). Events (a request reaching its server, a response reaching
-//! its puller, a downloader deadline, a holdings announcement, a host joining or leaving) sit
-//! in one queue; flow completions come from the [`Network`]. After all events of one instant
-//! are handled, the network re-solves the rates of the components that changed (or, with a
-//! `rate_quantum`, exactly at most once per quantum and provisionally in between, see
+//! Time is virtual seconds (`f64`). Events (a request reaching its server, a response or a
+//! Busy refusal reaching its puller, a downloader deadline, a pull-loop tick, a host joining or
+//! leaving) sit in one queue; flow completions come from the [`Network`]. After all events of
+//! one instant are handled, the network re-solves the rates of the components that changed (or,
+//! with a `rate_quantum`, exactly at most once per quantum and provisionally in between, see
 //! [`Network::fill_local`] — an approximation for the largest runs, measured in the README).
 //!
 //! A swarm host runs `vwnet_node::downloader::Downloader<u32>` (peers are host indices) and
@@ -12,8 +12,17 @@
 //! message (one-way latency + a per-request server delay) and a flow of the requested bytes;
 //! the response is reported with `on_response` one latency after the last byte (plus the
 //! verify time); on `Cancel` the puller stops waiting and ignores the response, but its bytes
-//! still flow (the responder cannot be stopped); holdings are announced to neighbours every
-//! `announce_every` and `Complete` is announced at once.
+//! still flow (the responder cannot be stopped).
+//!
+//! Servers have the node's upload slots: a chunk request takes one when it reaches its server
+//! and keeps it until the response's last byte is out (the node releases it at libp2p's
+//! `ResponseSent`); a request finding every slot taken is answered at once with a `Busy`
+//! refusal, reported one latency later with `on_failure(.., Failure::Busy)`.
+//!
+//! Holdings move as in pull.rs's loop: every `announce_every` (the node's `TICK`) a puller
+//! takes in what its neighbours announced since its last tick, announces its own holdings if
+//! they grew and its per-receiver budget allows (`announce_interval`), and is then scheduled
+//! once for all of it; `Complete` is announced as soon as the pull ends.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -83,6 +92,9 @@ pub struct LimitOverrides {
     pub max_bytes_per_peer: Option<u64>,
     /// Endgame copies (1: no endgame duplicates).
     pub endgame_copies: Option<u8>,
+    /// Back-off base, seconds: the first back-off after a failure and the pause after a
+    /// `Busy` refusal.
+    pub backoff_base: Option<f64>,
 }
 
 /// The downloader configuration of a simulated host: the node's own
@@ -122,7 +134,11 @@ pub fn swarm_config(
     let timeout = overrides
         .request_timeout
         .map_or(node.request_timeout(), Duration::from_secs_f64);
-    let (backoff_base, backoff_max) = node.backoff();
+    let (node_base, backoff_max) = node.backoff();
+    let backoff_base = overrides
+        .backoff_base
+        .map_or(node_base, Duration::from_secs_f64)
+        .min(backoff_max);
     Config::builder()
         .max_request_bytes(req_bytes)
         .max_request_chunks(per_request)
@@ -143,6 +159,33 @@ pub fn swarm_config(
         .build()
 }
 
+/// `Host::seen` of a neighbour whose `Holdings::Complete` was taken in.
+const SEEN_COMPLETE: u32 = u32::MAX;
+
+/// How long a puller waits between two holdings announcements when its downloader knows
+/// `peers` peers: the node's own `vwnet_node::pull::announce_interval` (`budget` `None`), or
+/// the same rule with a scenario's budget: the tick while `budget` announcements per second
+/// per receiver suffice, proportionally longer beyond; a budget of 0: every tick.
+fn announce_interval(tick: f64, budget: Option<f64>, peers: usize) -> f64 {
+    match budget {
+        None => tick.max(vwnet_node::pull::announce_interval(peers).as_secs_f64()),
+        Some(b) if b > 0.0 => tick.max(peers as f64 / b),
+        Some(_) => tick,
+    }
+}
+
+/// Mutable references to two distinct hosts.
+fn pair_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    debug_assert_ne!(a, b);
+    if a < b {
+        let (x, y) = v.split_at_mut(b);
+        (&mut x[a], &mut y[0])
+    } else {
+        let (x, y) = v.split_at_mut(a);
+        (&mut y[0], &mut x[b])
+    }
+}
+
 /// The downloader's default shuffle run in chunks (`Config` has no getter for it; the node
 /// keeps the default).
 const NODE_RUN_LEN: usize = 64;
@@ -155,8 +198,13 @@ pub struct SwarmParams {
     /// Peers each host learns about besides the publisher (the node learns every announcer
     /// up to 4096; bounded here to keep 10,000-host runs in memory).
     pub neighbours: usize,
-    /// Seconds between holdings announcements (the node's `TICK`, 0.5 s).
+    /// Seconds between two ticks of a puller's loop (the node's `TICK`, 0.5 s): it takes in
+    /// its neighbours' holdings announcements and announces its own at ticks only.
     pub announce_every: f64,
+    /// Holdings announcements per second a receiver should get: a puller knowing `p` peers
+    /// announces at most every `max(tick, p / budget)` seconds; 0: at every tick. `None`: the
+    /// node's `vwnet_node::pull::announce_interval` (8 per second, at least every 500 ms).
+    pub announce_budget: Option<f64>,
     /// Seconds a server spends per request before the first byte (store read, framing).
     pub request_overhead: f64,
     /// Receiver verify-and-commit throughput in bytes/s (`None`: instantaneous).
@@ -166,6 +214,13 @@ pub struct SwarmParams {
     /// Label peers local or remote by site, as a node with a configured site does (the
     /// testbed configures sites); `false`: the site-blind policy.
     pub site_aware: bool,
+    /// Chunk responses a host serves at once (the node's `max_concurrent_uploads`); a request
+    /// beyond them is refused with `Busy`. 0: unlimited (the model before upload slots).
+    pub upload_slots: usize,
+    /// Seconds between a puller's commits (the node's `pull::COMMIT_EVERY`, 0.25 s, on the
+    /// tick's grid): a received chunk is announced only once a commit made it durable. 0: at
+    /// once.
+    pub commit_every: f64,
 }
 
 impl Default for SwarmParams {
@@ -174,10 +229,13 @@ impl Default for SwarmParams {
             piece: 4 << 20,
             neighbours: 32,
             announce_every: 0.5,
+            announce_budget: None,
             request_overhead: 0.0,
             verify_rate: None,
             limits: LimitOverrides::default(),
             site_aware: true,
+            upload_slots: vwnet_node::config::Limits::default().max_concurrent_uploads,
+            commit_every: vwnet_node::pull::COMMIT_EVERY.as_secs_f64(),
         }
     }
 }
@@ -311,6 +369,8 @@ pub struct DownloaderTotals {
     pub cancels: u64,
     /// Requests timed out.
     pub timeouts: u64,
+    /// Requests refused because every upload slot of the server was taken.
+    pub busy: u64,
     /// Verified bytes that were already held.
     pub duplicate_bytes: u64,
 }
@@ -485,10 +545,14 @@ enum Ev {
     Send(u32),
     /// Transfer `t`'s last byte reached the puller.
     Deliver(u32),
+    /// Transfer `t`'s server refused it for want of an upload slot; the refusal reached the
+    /// puller.
+    Busy(u32),
     /// Downloader deadline of a host (valid if it matches the host's `tick_at`).
     Tick(u32, f64),
-    /// Periodic holdings announcement of a host.
-    Announce(u32),
+    /// The pull loop's periodic tick of a host (valid for the given incarnation): take in the
+    /// neighbours' announcements, announce its own holdings when due, schedule.
+    Ticker(u32, u32),
     /// Churn.
     Leave(u32),
     /// Churn.
@@ -542,6 +606,8 @@ struct Transfer {
     /// The downloader cancelled it: the bytes still flow (request-response has no way to stop
     /// the responder) but the node neither verifies nor reports them.
     cancelled: bool,
+    /// It holds one of its server's upload slots (from acceptance until its last byte left).
+    slot: bool,
 }
 
 struct Host {
@@ -553,11 +619,27 @@ struct Host {
     online: bool,
     incarnation: u32,
     tick_at: Option<f64>,
+    /// Chunks received, in order of arrival (kept across churn: a returning host resumes).
     held: Vec<ChunkIdx>,
-    fresh: Vec<ChunkIdx>,
-    complete_announced: bool,
+    /// How many of `held` its last holdings announcement carried (what neighbours can see).
+    published: u32,
+    /// How many of `held` its last commit made durable (what it may announce).
+    committed: u32,
+    /// When `committed` was last brought up to date (`held` has not changed since).
+    commit_synced: f64,
+    /// An instant of its pull loop's tick grid (commits run on it every `commit_every`).
+    grid_origin: f64,
+    /// It announced `Holdings::Complete`.
+    published_complete: bool,
+    /// When it last announced its holdings.
+    announced_at: Option<f64>,
+    /// Per neighbour (same order as `neighbours`): how many of the neighbour's `held` this
+    /// host's downloader was told, or [`SEEN_COMPLETE`].
+    seen: Vec<u32>,
     bytes_in: u64,
     bytes_out: u64,
+    /// Upload slots held by responses this host is sending.
+    uploads: u32,
     /// Central strategy: this host is its site's repository and has the image.
     repo_ready: bool,
 }
@@ -633,10 +715,16 @@ impl<'a> Sim<'a> {
                 incarnation: 0,
                 tick_at: None,
                 held: Vec::new(),
-                fresh: Vec::new(),
-                complete_announced: false,
+                published: 0,
+                committed: 0,
+                commit_synced: 0.0,
+                grid_origin: 0.0,
+                published_complete: false,
+                announced_at: None,
+                seen: Vec::new(),
                 bytes_in: 0,
                 bytes_out: 0,
+                uploads: 0,
                 repo_ready: false,
             })
             .collect();
@@ -896,6 +984,7 @@ impl<'a> Sim<'a> {
             flow: None,
             live: true,
             cancelled: false,
+            slot: false,
         });
         let at = self.now + self.fabric.latency(to as usize, from as usize);
         self.push(at, Ev::Send(t));
@@ -920,6 +1009,7 @@ impl<'a> Sim<'a> {
             Ev::Arrive(h) => self.arrive(h),
             Ev::Send(t) => self.send(t),
             Ev::Deliver(t) => self.deliver(t),
+            Ev::Busy(t) => self.refused(t),
             Ev::Tick(h, at) => {
                 let host = &mut self.hosts[h as usize];
                 if host.tick_at == Some(at) {
@@ -930,7 +1020,7 @@ impl<'a> Sim<'a> {
                     self.drive(h);
                 }
             }
-            Ev::Announce(h) => self.announce(h),
+            Ev::Ticker(h, incarnation) => self.ticker(h, incarnation),
             Ev::Leave(h) => self.leave(h),
             Ev::Join(h) => self.join(h),
             Ev::Recompute => {
@@ -985,31 +1075,48 @@ impl<'a> Sim<'a> {
         }
         let _ = dl.add_peer(now, self.publisher, Holds::Everything);
         self.label(&mut dl, now, h, self.publisher);
-        let neighbours = self.hosts[h as usize].neighbours.clone();
-        for &n in &neighbours {
+        // The pull loop's first tick is immediate: it takes in what the neighbours announced
+        // and announces what we hold (what we held before leaving, after churn).
+        let host = &mut self.hosts[h as usize];
+        host.published = host.held.len() as u32;
+        host.committed = host.published;
+        host.commit_synced = self.now;
+        host.grid_origin = self.now;
+        host.announced_at = Some(self.now);
+        let neighbours = host.neighbours.clone();
+        let mut seen = vec![0u32; neighbours.len()];
+        for (i, &n) in neighbours.iter().enumerate() {
             let other = &self.hosts[n as usize];
             if !other.online || other.started.is_none() {
                 continue;
             }
-            if other.done.is_some() {
+            if other.published_complete {
                 let _ = dl.add_peer(now, n, Holds::Everything);
                 self.label(&mut dl, now, h, n);
+                seen[i] = SEEN_COMPLETE;
             } else {
                 let _ = dl.add_peer(now, n, Holds::Nothing);
                 self.label(&mut dl, now, h, n);
-                dl.peer_has(now, &n, other.held.iter().copied());
+                let upto = other.published;
+                dl.peer_has(now, &n, other.held[..upto as usize].iter().copied());
+                seen[i] = upto;
             }
-            // The neighbour learns of us too (we hold what we held before leaving).
-            let held = self.hosts[h as usize].held.clone();
+            // The neighbour learns of us too.
+            let mine = self.hosts[h as usize].published;
             let local = self.same_site(n, h);
-            if let Some(odl) = self.hosts[n as usize].dl.as_mut() {
+            let (me, other) = pair_mut(&mut self.hosts, h as usize, n as usize);
+            if let Some(odl) = other.dl.as_mut() {
                 let _ = odl.add_peer(now, h, Holds::Nothing);
                 if self.swarm.site_aware {
                     odl.set_peer_locality(now, &h, locality(local));
                 }
-                odl.peer_has(now, &h, held);
+                odl.peer_has(now, &h, me.held[..mine as usize].iter().copied());
+                if let Some(j) = other.neighbours.iter().position(|&x| x == h) {
+                    other.seen[j] = mine;
+                }
             }
         }
+        self.hosts[h as usize].seen = seen;
         let complete = dl.is_complete();
         self.hosts[h as usize].dl = Some(dl);
         if complete {
@@ -1017,7 +1124,9 @@ impl<'a> Sim<'a> {
         }
         self.drive(h);
         let phase = self.rng.unit() * self.swarm.announce_every;
-        self.push(self.now + phase, Ev::Announce(h));
+        self.hosts[h as usize].grid_origin = self.now + phase;
+        let incarnation = self.hosts[h as usize].incarnation;
+        self.push(self.now + phase, Ev::Ticker(h, incarnation));
     }
 
     fn same_site(&self, a: u32, b: u32) -> bool {
@@ -1059,6 +1168,7 @@ impl<'a> Sim<'a> {
                         flow: None,
                         live: true,
                         cancelled: false,
+                        slot: false,
                     });
                     self.request_transfer.insert((h, id), t);
                     let at = self.now
@@ -1081,8 +1191,9 @@ impl<'a> Sim<'a> {
         self.hosts[h as usize].dl = Some(dl);
         if completed {
             self.complete(h);
-            // pull.rs announces `Holdings::Complete` as soon as the pull finishes.
-            self.announce(h);
+            // pull.rs announces `Holdings::Complete` as soon as the pull finishes; neighbours
+            // take it in at their next tick.
+            self.hosts[h as usize].published_complete = true;
         }
         if let Some(d) = deadline {
             let host = &mut self.hosts[h as usize];
@@ -1116,6 +1227,20 @@ impl<'a> Sim<'a> {
             self.free_transfer(t);
             return;
         }
+        if let Kind::Request(_) = kind {
+            // As the node: a chunk request takes an upload slot when accepted and keeps it
+            // until the response's last byte is out; with every slot taken the answer is an
+            // immediate, small Busy refusal.
+            let limit = self.swarm.upload_slots;
+            let server = &mut self.hosts[from as usize];
+            if limit > 0 && server.uploads as usize >= limit {
+                let at = self.now + self.fabric.latency(from as usize, to as usize);
+                self.push(at, Ev::Busy(t));
+                return;
+            }
+            server.uploads += 1;
+            self.transfers[t as usize].slot = true;
+        }
         let (path, _) = self.fabric.path(from as usize, to as usize);
         let flow = self.net.start(self.now, &path, bytes as f64, u64::from(t));
         self.transfers[t as usize].flow = Some(flow);
@@ -1123,6 +1248,7 @@ impl<'a> Sim<'a> {
     }
 
     fn flow_done(&mut self, t: u32) {
+        self.release_slot(t);
         let tr = &mut self.transfers[t as usize];
         tr.flow = None;
         if tr.cancelled {
@@ -1138,6 +1264,58 @@ impl<'a> Sim<'a> {
             at += bytes as f64 / rate;
         }
         self.push(at, Ev::Deliver(t));
+    }
+
+    /// Brings `h`'s committed count up to now, as pull.rs commits: everything received is made
+    /// durable (and announceable) at the next commit tick of the pull loop's grid. Called
+    /// before every change of `held`; a commit at this very instant runs after the events of
+    /// the instant (the node acknowledges a commit only once its fsync returned).
+    fn sync_commit(&mut self, h: u32) {
+        let every = self.swarm.commit_every;
+        let now = self.now;
+        let host = &mut self.hosts[h as usize];
+        if every <= 0.0 {
+            host.committed = host.held.len() as u32;
+            return;
+        }
+        let mut last = host.grid_origin + ((now - host.grid_origin) / every).floor() * every;
+        if last >= now - 1e-12 {
+            last -= every;
+        }
+        if last >= host.commit_synced - 1e-12 {
+            host.committed = host.held.len() as u32;
+        }
+        host.commit_synced = now;
+    }
+
+    /// Frees the upload slot transfer `t` holds at its server, if any.
+    fn release_slot(&mut self, t: u32) {
+        let tr = &mut self.transfers[t as usize];
+        if std::mem::take(&mut tr.slot) {
+            let server = &mut self.hosts[tr.from as usize];
+            server.uploads = server.uploads.saturating_sub(1);
+        }
+    }
+
+    /// The Busy refusal of transfer `t` reached its puller: as pull.rs, report it unless the
+    /// request was given up meanwhile.
+    fn refused(&mut self, t: u32) {
+        let tr = &self.transfers[t as usize];
+        if !tr.live {
+            return;
+        }
+        let (from, to, kind) = (tr.from, tr.to, tr.kind);
+        let stale = self.hosts[to as usize].incarnation != tr.incarnation || tr.cancelled;
+        self.free_transfer(t);
+        if stale {
+            return;
+        }
+        if let Kind::Request(id) = kind {
+            if let Some(dl) = self.hosts[to as usize].dl.as_mut() {
+                dl.on_failure(Duration::from_secs_f64(self.now), &from, id, Failure::Busy);
+            }
+            self.drive(to);
+        }
     }
 
     fn deliver(&mut self, t: u32) {
@@ -1176,12 +1354,12 @@ impl<'a> Sim<'a> {
             }
             Kind::Request(id) => {
                 let now = Duration::from_secs_f64(self.now);
+                self.sync_commit(to);
                 let host = &mut self.hosts[to as usize];
                 let Some(dl) = host.dl.as_mut() else { return };
                 for &c in &chunks {
                     if dl.chunk_state(c) != Some(ChunkState::Done) {
                         host.held.push(c);
-                        host.fresh.push(c);
                     }
                 }
                 dl.on_response(
@@ -1195,42 +1373,55 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn announce(&mut self, h: u32) {
-        let host = &mut self.hosts[h as usize];
-        if !host.online || host.dl.is_none() {
-            return;
+    /// One tick of `h`'s pull loop, as pull.rs runs it every `TICK`: take in the holdings the
+    /// neighbours announced since the last tick, announce our own when they grew and the
+    /// per-receiver budget allows, then schedule once for all of it.
+    fn ticker(&mut self, h: u32, incarnation: u32) {
+        let host = &self.hosts[h as usize];
+        if !host.online || host.incarnation != incarnation || host.done.is_some() {
+            return; // the pull ended (or this is a tick of an earlier incarnation)
         }
+        let Some(mut dl) = self.hosts[h as usize].dl.take() else {
+            return;
+        };
         let now = Duration::from_secs_f64(self.now);
-        let complete = host.done.is_some();
-        if complete && host.complete_announced {
-            return;
-        }
-        let fresh = std::mem::take(&mut host.fresh);
-        if complete {
-            host.complete_announced = true;
-        }
-        let neighbours = host.neighbours.clone();
-        if complete || !fresh.is_empty() {
-            for n in neighbours {
-                let other = &mut self.hosts[n as usize];
-                if !other.online || other.done.is_some() {
-                    continue;
-                }
-                let Some(dl) = other.dl.as_mut() else {
-                    continue;
-                };
-                if complete {
-                    let _ = dl.add_peer(now, h, Holds::Everything);
-                } else {
-                    dl.peer_has(now, &h, fresh.iter().copied());
-                }
-                self.drive(n);
+        let neighbours = std::mem::take(&mut self.hosts[h as usize].neighbours);
+        let mut seen = std::mem::take(&mut self.hosts[h as usize].seen);
+        for (i, &n) in neighbours.iter().enumerate() {
+            let other = &self.hosts[n as usize];
+            if seen[i] == SEEN_COMPLETE || !other.online || other.started.is_none() {
+                continue;
+            }
+            if other.published_complete {
+                let _ = dl.add_peer(now, n, Holds::Everything);
+                self.label(&mut dl, now, h, n);
+                seen[i] = SEEN_COMPLETE;
+            } else if other.published > seen[i] {
+                let new = &other.held[seen[i] as usize..other.published as usize];
+                dl.peer_has(now, &n, new.iter().copied());
+                seen[i] = other.published;
             }
         }
-        if !complete {
-            let at = self.now + self.swarm.announce_every;
-            self.push(at, Ev::Announce(h));
+        let peers = dl.peer_count();
+        let host = &mut self.hosts[h as usize];
+        host.neighbours = neighbours;
+        host.seen = seen;
+        host.dl = Some(dl);
+        let interval =
+            announce_interval(self.swarm.announce_every, self.swarm.announce_budget, peers);
+        let due = host
+            .announced_at
+            .is_none_or(|at| self.now - at >= interval - 1e-9);
+        self.sync_commit(h);
+        let host = &mut self.hosts[h as usize];
+        let held = host.committed;
+        if held != host.published && due {
+            host.published = held;
+            host.announced_at = Some(self.now);
         }
+        self.drive(h);
+        let at = self.now + self.swarm.announce_every;
+        self.push(at, Ev::Ticker(h, incarnation));
     }
 
     fn leave(&mut self, h: u32) {
@@ -1246,7 +1437,6 @@ impl<'a> Sim<'a> {
         host.incarnation += 1;
         host.dl = None;
         host.tick_at = None;
-        host.fresh.clear();
         // Abort every flow to or from h; pullers served by h see a failure.
         for t in 0..self.transfers.len() as u32 {
             let tr = &self.transfers[t as usize];
@@ -1257,6 +1447,7 @@ impl<'a> Sim<'a> {
                 self.net.remove(self.now, f);
             }
             let (from, to, kind) = (tr.from, tr.to, tr.kind);
+            self.release_slot(t);
             self.free_transfer(t);
             if from == h
                 && to != h
@@ -1269,8 +1460,12 @@ impl<'a> Sim<'a> {
             }
         }
         for n in self.hosts[h as usize].neighbours.clone() {
-            if let Some(dl) = self.hosts[n as usize].dl.as_mut() {
+            let other = &mut self.hosts[n as usize];
+            if let Some(dl) = other.dl.as_mut() {
                 dl.remove_peer(now, &h);
+            }
+            if let Some(j) = other.neighbours.iter().position(|&x| x == h) {
+                other.seen[j] = 0; // it forgot us; we are announced afresh when we return
             }
             self.drive(n);
         }
@@ -1284,7 +1479,6 @@ impl<'a> Sim<'a> {
         };
         let host = &mut self.hosts[h as usize];
         host.online = true;
-        host.complete_announced = false;
         if host.started.is_some() {
             self.start_downloader(h);
         }
@@ -1333,6 +1527,7 @@ impl<'a> Sim<'a> {
                 downloader.endgame_requests += s.endgame_requests;
                 downloader.cancels += s.cancels;
                 downloader.timeouts += s.timeouts;
+                downloader.busy += s.busy;
                 downloader.duplicate_bytes += s.duplicate_bytes;
             }
         }

@@ -64,7 +64,7 @@ fn star_of_n_receivers_from_one_server_is_n_times_size_over_bandwidth() {
 }
 
 /// A seed and `pullers` hosts on symmetric 100 Mbit/s links, no latency, announcements every
-/// 50 ms, with requests small enough (256 KiB) that a response is forwardable soon after it
+/// 50 ms of chunks committed at once, with requests small enough (256 KiB) that a response is forwardable soon after it
 /// was asked for and no endgame duplicates: the bound is S/B of a puller's downlink. The
 /// node's own settings (4 MiB requests, 8 per peer, endgame duplicates) measure +48% on the
 /// 16-puller case: see the README (that gap is the scheduler's, not the model's).
@@ -77,7 +77,13 @@ fn perfect_swarm(pullers: u32, seed_up: &str, size: u64, piece: u64) -> (f64, Ru
     .unwrap();
     let swarm = SwarmParams {
         piece,
+        // The ideal: every tick announces what arrived, whatever the node's per-receiver
+        // budget and commit period, and a server takes every request (the node's upload slots
+        // can leave uplinks idle behind 1 s Busy pauses: README, "Upload slots").
         announce_every: 0.05,
+        announce_budget: Some(0.0),
+        upload_slots: 0,
+        commit_every: 0.0,
         neighbours: 64,
         limits: LimitOverrides {
             max_request_bytes: Some(256 * 1024),
@@ -100,6 +106,10 @@ fn perfect_swarm(pullers: u32, seed_up: &str, size: u64, piece: u64) -> (f64, Ru
 /// No puller is faster than its downlink, and bytes are conserved.
 fn check_bound_and_bytes(sb: f64, r: &RunResult) -> f64 {
     let last = r.makespan().expect("all complete");
+    eprintln!(
+        "makespan {last:.3} s, S/B {sb:.3} s ({:+.1}%)",
+        (last / sb - 1.0) * 100.0
+    );
     let first = r.sorted_completions()[0];
     assert!(first >= sb * 0.999, "faster than the bound: {first}");
     let received: u64 = r.hosts.iter().map(|h| h.bytes_in).sum();
@@ -134,10 +144,10 @@ fn a_small_swarm_with_a_slow_seed_comes_close_to_size_over_bandwidth() {
 }
 
 #[test]
-#[ignore = "44 CPU-seconds in a release build: cargo test --release -p vwnet-sim -- --ignored"]
 fn a_perfect_swarm_comes_within_two_percent_of_size_over_bandwidth() {
     // A 1 Gbit/s seed and 16 pullers, 256 MiB in 256 KiB pieces (the piece test below bounds
-    // what pieces change): measured +1.5% (chunk-level +1.2%, 280 s wall).
+    // what pieces change): measured +0.4% (5 s in a debug build since pullers take in
+    // announcements once per tick; it was 44 CPU-s in release before).
     let (sb, r) = perfect_swarm(16, "1gbit", 256 * MIB, 256 * 1024);
     within(check_bound_and_bytes(sb, &r), sb, 0.02);
 }
@@ -194,8 +204,16 @@ fn a_rate_quantum_of_50_ms_barely_changes_the_swarm() {
     )
     .unwrap();
     let image = ImageModel::synthetic(64 * MIB, 64 * 1024, 0.0, 3);
+    // Without upload slots, commit delay, and with an announcement at every tick: Busy refusals (1 s
+    // pauses) and the node's 2.5 s announcement interval at 17 peers turn small timing shifts
+    // into large ones (a piece either side of a pause or an announcement), which would hide
+    // the network approximation this measures: with them the median moves -5.5% here
+    // (README "Scale" gives the quantum's error with the node's policy on a larger case).
     let swarm = SwarmParams {
         piece: MIB,
+        upload_slots: 0,
+        commit_every: 0.0,
+        announce_budget: Some(0.0),
         ..SwarmParams::default()
     };
     let p = payload(&image, swarm.piece).unwrap();
@@ -216,4 +234,35 @@ fn a_rate_quantum_of_50_ms_barely_changes_the_swarm() {
     eprintln!("exact {median:.3}/{makespan:.3}, 50 ms quantum {q_median:.3}/{q_makespan:.3}");
     within(q_median, median, QUANTUM_TOLERANCE);
     within(q_makespan, makespan, QUANTUM_TOLERANCE);
+}
+
+#[test]
+fn upload_slots_refuse_with_busy_and_every_puller_still_completes() {
+    // Eight pullers asking one seed with two upload slots: most requests are refused Busy,
+    // retried after the pause, and every puller completes with every byte accounted for.
+    // Without slots nothing is refused.
+    let topo = Topology::from_toml(
+        "[defaults]\nuplink = \"100mbit\"\ndownlink = \"100mbit\"\ndelay = \"1ms\"\n\
+         [[site]]\nname = \"a\"\nhosts = 9\n",
+    )
+    .unwrap();
+    let image = ImageModel::synthetic(16 * MIB, 64 * 1024, 0.0, 3);
+    let outcome = |slots: usize| {
+        let swarm = SwarmParams {
+            piece: 0,
+            upload_slots: slots,
+            ..SwarmParams::default()
+        };
+        let p = payload(&image, swarm.piece).unwrap();
+        let w = Workload::default();
+        let r = Sim::new(&topo, Strategy::Swarm, &p, &w, &swarm, 7)
+            .unwrap()
+            .run(&mut |_| {});
+        assert!(r.makespan().is_some(), "every puller completes");
+        let received: u64 = r.hosts.iter().map(|h| h.bytes_in).sum();
+        assert!(received >= 8 * 16 * MIB, "{received}");
+        r.downloader.busy
+    };
+    assert_eq!(outcome(0), 0);
+    assert!(outcome(2) > 0);
 }

@@ -1300,16 +1300,9 @@ impl<'a> Sim<'a> {
     /// The Busy refusal of transfer `t` reached its puller: as pull.rs, report it unless the
     /// request was given up meanwhile.
     fn refused(&mut self, t: u32) {
-        let tr = &self.transfers[t as usize];
-        if !tr.live {
+        let Some((from, to, kind, _)) = self.take_answer(t) else {
             return;
-        }
-        let (from, to, kind) = (tr.from, tr.to, tr.kind);
-        let stale = self.hosts[to as usize].incarnation != tr.incarnation || tr.cancelled;
-        self.free_transfer(t);
-        if stale {
-            return;
-        }
+        };
         if let Kind::Request(id) = kind {
             if let Some(dl) = self.hosts[to as usize].dl.as_mut() {
                 dl.on_failure(Duration::from_secs_f64(self.now), &from, id, Failure::Busy);
@@ -1318,18 +1311,25 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn deliver(&mut self, t: u32) {
-        let tr = &self.transfers[t as usize];
+    /// Frees transfer `t`, whose answer reached its puller; returns what the puller should
+    /// act on: nothing if the transfer was already gone, its puller left since it was asked,
+    /// or it was given up.
+    fn take_answer(&mut self, t: u32) -> Option<(u32, u32, Kind, Vec<ChunkIdx>)> {
+        let tr = &mut self.transfers[t as usize];
         if !tr.live {
-            return;
+            return None;
         }
         let (from, to, kind) = (tr.from, tr.to, tr.kind);
+        let chunks = std::mem::take(&mut tr.chunks);
         let stale = self.hosts[to as usize].incarnation != tr.incarnation || tr.cancelled;
-        let chunks = std::mem::take(&mut self.transfers[t as usize].chunks);
         self.free_transfer(t);
-        if stale {
+        (!stale).then_some((from, to, kind, chunks))
+    }
+
+    fn deliver(&mut self, t: u32) {
+        let Some((from, to, kind, chunks)) = self.take_answer(t) else {
             return;
-        }
+        };
         match kind {
             Kind::Whole => {
                 let repo_site = self.fabric.site_of[to as usize] as usize;

@@ -693,7 +693,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
                 // An answer that delivers nothing of what was asked (say, a busy peer) would
                 // otherwise be asked again at once, forever: treat it as a failure.
                 self.stats.failures += 1;
-                if let Some(id) = self.strike(r.slot, r.epoch) {
+                if let Some(id) = self.back_off(r.slot, r.epoch, true) {
                     self.peer_stat(&id).failures += 1;
                 }
             }
@@ -999,13 +999,13 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             Failure::Other => self.stats.failures += 1,
             Failure::Busy => {
                 self.stats.busy += 1;
-                if let Some(id) = self.pause(req.slot, req.epoch) {
+                if let Some(id) = self.back_off(req.slot, req.epoch, false) {
                     self.peer_stat(&id).busy += 1;
                 }
                 return;
             }
         }
-        if let Some(id) = self.strike(req.slot, req.epoch) {
+        if let Some(id) = self.back_off(req.slot, req.epoch, true) {
             let s = self.peer_stat(&id);
             match failure {
                 Failure::Timeout => s.timeouts += 1,
@@ -1015,25 +1015,10 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         }
     }
 
-    /// Pauses a busy peer for the back-off base unless it already waits; no strike, so its
-    /// health and request limit stay as they were. Returns its id if it is still connected.
-    fn pause(&mut self, slot: u32, epoch: u32) -> Option<P> {
-        let until = self.now + self.config.backoff_base;
-        let p = self
-            .peers
-            .get_mut(slot as usize)
-            .and_then(Option::as_mut)
-            .filter(|p| p.epoch == epoch)?;
-        if p.backoff_until.is_none() {
-            p.backoff_until = Some(until);
-            self.timers
-                .push(Reverse((until, Timer::Backoff { slot, epoch })));
-        }
-        Some(p.id.clone())
-    }
-
-    /// Backs the peer off exponentially; returns its id if it is still connected.
-    fn strike(&mut self, slot: u32, epoch: u32) -> Option<P> {
+    /// Backs the peer off unless it already waits; returns its id if it is still connected.
+    /// A strike (a failure) doubles the back-off each time and counts against the peer's
+    /// health and request limit; a busy peer is only paused for the back-off base.
+    fn back_off(&mut self, slot: u32, epoch: u32, strike: bool) -> Option<P> {
         let now = self.now;
         let (base, max) = (self.config.backoff_base, self.config.backoff_max);
         let p = self
@@ -1044,12 +1029,16 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         // Requests that were in flight together and fail together are one incident: escalate
         // only when the peer is not already backing off.
         if p.backoff_until.is_none() {
-            if p.locality == Locality::Local {
-                self.site.local_dirty = true;
-            }
-            p.strikes = p.strikes.saturating_add(1);
-            let factor = 1u32.checked_shl(p.strikes - 1).unwrap_or(u32::MAX);
-            let backoff = base.checked_mul(factor).map_or(max, |b| b.min(max));
+            let backoff = if strike {
+                if p.locality == Locality::Local {
+                    self.site.local_dirty = true;
+                }
+                p.strikes = p.strikes.saturating_add(1);
+                let factor = 1u32.checked_shl(p.strikes - 1).unwrap_or(u32::MAX);
+                base.checked_mul(factor).map_or(max, |b| b.min(max))
+            } else {
+                base
+            };
             let until = now + backoff;
             p.backoff_until = Some(until);
             self.timers

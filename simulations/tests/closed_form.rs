@@ -152,6 +152,16 @@ fn a_perfect_swarm_comes_within_two_percent_of_size_over_bandwidth() {
     within(check_bound_and_bytes(sb, &r), sb, 0.02);
 }
 
+/// Two sites of 9 and 8 hosts at 100 Mbit/s (2 ms), joined by 200 Mbit/s (20 ms).
+fn two_sites_of_9_and_8() -> Topology {
+    Topology::from_toml(
+        "[defaults]\nuplink = \"100mbit\"\ndownlink = \"100mbit\"\ndelay = \"2ms\"\n\
+         [[site]]\nname = \"a\"\nhosts = 9\n[[site]]\nname = \"b\"\nhosts = 8\n\
+         [[wan]]\nsites = [\"a\", \"b\"]\nrate = \"200mbit\"\ndelay = \"20ms\"\n",
+    )
+    .unwrap()
+}
+
 /// How far 256 KiB pieces may move the makespan from chunk scheduling on this small case.
 const PIECE_TOLERANCE: f64 = 0.25;
 
@@ -163,12 +173,7 @@ fn pieces_no_larger_than_a_request_barely_change_the_swarm() {
     // 256 KiB pieces measured +5.6% on 128 MiB (1 MiB pieces +31%, 4 MiB +51%; README,
     // "Pieces"), but +20.7% on this 32 MiB case with the downloader of 18:05 UTC, whose
     // chunk-level start got faster: checked at 25% so that the test stays fast in debug.
-    let topo = Topology::from_toml(
-        "[defaults]\nuplink = \"100mbit\"\ndownlink = \"100mbit\"\ndelay = \"2ms\"\n\
-         [[site]]\nname = \"a\"\nhosts = 9\n[[site]]\nname = \"b\"\nhosts = 8\n\
-         [[wan]]\nsites = [\"a\", \"b\"]\nrate = \"200mbit\"\ndelay = \"20ms\"\n",
-    )
-    .unwrap();
+    let topo = two_sites_of_9_and_8();
     let size = 32 * MIB;
     let makespan = |piece| {
         let swarm = SwarmParams {
@@ -197,18 +202,14 @@ const QUANTUM_TOLERANCE: f64 = 0.05;
 fn a_rate_quantum_of_50_ms_barely_changes_the_swarm() {
     // The largest runs re-solve max-min only every `rate_quantum` and fill in between
     // (`Network::fill_local`); this checks the approximation against the exact solver.
-    let topo = Topology::from_toml(
-        "[defaults]\nuplink = \"100mbit\"\ndownlink = \"100mbit\"\ndelay = \"2ms\"\n\
-         [[site]]\nname = \"a\"\nhosts = 9\n[[site]]\nname = \"b\"\nhosts = 8\n\
-         [[wan]]\nsites = [\"a\", \"b\"]\nrate = \"200mbit\"\ndelay = \"20ms\"\n",
-    )
-    .unwrap();
+    let topo = two_sites_of_9_and_8();
     let image = ImageModel::synthetic(64 * MIB, 64 * 1024, 0.0, 3);
-    // Without upload slots, commit delay, and with an announcement at every tick: Busy refusals (1 s
-    // pauses) and the node's 2.5 s announcement interval at 17 peers turn small timing shifts
-    // into large ones (a piece either side of a pause or an announcement), which would hide
-    // the network approximation this measures: with them the median moves -5.5% here
-    // (README "Scale" gives the quantum's error with the node's policy on a larger case).
+    // Without upload slots or commit delay, and with an announcement at every tick: Busy
+    // refusals (1 s pauses) and the node's 2.5 s announcement interval at 17 peers turn small
+    // timing shifts into large ones (a piece either side of a pause or an announcement),
+    // which would hide the network approximation this measures: with them the median moves
+    // -5.5% here (README "Scale" gives the quantum's error with the node's policy on a larger
+    // case).
     let swarm = SwarmParams {
         piece: MIB,
         upload_slots: 0,

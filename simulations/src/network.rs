@@ -599,13 +599,8 @@ mod tests {
         let mut n = Network::new();
         let caps = [5.0, 7.0, 11.0, 3.0, 13.0, 2.0, 17.0, 19.0];
         let links: Vec<_> = caps.iter().map(|&c| n.add_link(c)).collect();
-        let mut seed = 12345u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as usize
-        };
+        let mut rng = crate::rng::Rng::new(12345);
+        let mut next = || (rng.next_u64() >> 33) as usize;
         let mut flows = Vec::new();
         for i in 0..30 {
             let a = links[next() % links.len()];
@@ -693,13 +688,8 @@ mod tests {
         let mut n = Network::new();
         n.set_provisional(true);
         let links: Vec<_> = caps.iter().map(|&c| n.add_link(c)).collect();
-        let mut seed = 99u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as usize
-        };
+        let mut rng = crate::rng::Rng::new(99);
+        let mut next = || (rng.next_u64() >> 33) as usize;
         let mut live: Vec<(FlowId, Vec<LinkId>)> = Vec::new();
         let mut t = 0.0;
         for step in 0..400u64 {

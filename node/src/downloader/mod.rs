@@ -269,6 +269,8 @@ struct Peer<P> {
     /// Consecutive timeouts or failures; while non-zero the peer gets one request at a time.
     strikes: u32,
     backoff_until: Option<Duration>,
+    /// The current back-off is a `Busy` pause: the peer is fine but has no upload slot free.
+    busy_pause: bool,
     in_ready: bool,
     /// Set when a pick found nothing for this peer in this requeue generation: skip it until it
     /// announces new chunks or chunks are re-queued.
@@ -504,6 +506,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             bytes: 0,
             strikes: 0,
             backoff_until: None,
+            busy_pause: false,
             in_ready: false,
             dull_gen: None,
             rate: None,
@@ -917,6 +920,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
                         .filter(|p| p.epoch == epoch && p.backoff_until == Some(t));
                     if let Some(p) = due {
                         p.backoff_until = None;
+                        if std::mem::take(&mut p.busy_pause) && p.locality == Locality::Local {
+                            self.site.local_dirty = true;
+                        }
                         self.wake(slot);
                     }
                 }
@@ -1037,6 +1043,10 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
                 let factor = 1u32.checked_shl(p.strikes - 1).unwrap_or(u32::MAX);
                 base.checked_mul(factor).map_or(max, |b| b.min(max))
             } else {
+                if p.locality == Locality::Local {
+                    self.site.local_dirty = true;
+                }
+                p.busy_pause = true;
                 base
             };
             let until = now + backoff;
@@ -1349,7 +1359,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             self.site.local_dirty = false;
             let mut now_has = vec![0u64; self.site.local_has.len()];
             for p in self.peers.iter().flatten() {
-                if p.locality != Locality::Local || !p.healthy(now, patience) {
+                if p.locality != Locality::Local || !p.healthy(now, patience) || p.busy_pause {
                     continue;
                 }
                 match &p.holds {

@@ -522,6 +522,41 @@ fn failing_local_holder_lets_its_chunks_come_from_the_remote_site() {
     assert!(reqs.iter().all(|r| r.0 == 9), "{reqs:?}");
 }
 
+/// A local seed that refuses for want of upload slots stops counting as a local source for its
+/// pause: the units this downloader owns come across sites meanwhile, the others wait for the
+/// seed (or for their owner), and the seed is asked again once the pause is over.
+#[test]
+fn busy_local_seed_lets_owned_chunks_come_from_the_remote_site() {
+    let n = 256;
+    let mut d = Downloader::new(config().build().unwrap(), table(n, 1024), []).unwrap();
+    d.set_own_id(&0);
+    d.add_peer(Duration::ZERO, 1, Holds::Everything).unwrap();
+    d.add_peer(Duration::ZERO, 2, Holds::Nothing).unwrap();
+    d.add_peer(Duration::ZERO, 9, Holds::Everything).unwrap();
+    d.set_peer_locality(Duration::ZERO, &9, Locality::Remote);
+    let mine = owned_chunks(n, stable_hash(&0u32), &[stable_hash(&2u32)]);
+    let owned: Vec<u32> = (0..n).filter(|&c| bits_has(&mine, c)).collect();
+    assert!(!owned.is_empty() && owned.len() < n as usize);
+
+    let first = requests(&drain(&mut d, Duration::ZERO));
+    assert!(
+        !first.is_empty() && first.iter().all(|r| r.0 == 1),
+        "{first:?}"
+    );
+    for (peer, id, _) in &first {
+        d.on_failure(MS, peer, *id, Failure::Busy);
+    }
+    // During the pause only owned chunks cross, and only from the remote peer.
+    let asked = serve_all(&mut d, 2 * MS);
+    assert!(asked.iter().all(|(p, _)| *p == 9), "{asked:?}");
+    assert_eq!(chunks_of(&asked, 9), owned);
+    // The pause is over: the rest comes from the local seed.
+    let asked = serve_all(&mut d, Duration::from_secs(1) + MS);
+    assert!(asked.iter().all(|(p, _)| *p == 1), "{asked:?}");
+    assert_eq!(chunks_of(&asked, 1).len(), n as usize - owned.len());
+    assert!(d.is_complete());
+}
+
 /// The endgame duplicates a late request on another local peer, never across sites while a
 /// local peer is there.
 #[test]

@@ -1,7 +1,7 @@
 //! `vwnet-sim`: run simulation scenarios and validate the model against the netns testbed.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
@@ -10,7 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vwnet_sim::report::{run_scenario, summary_table, write_outputs};
 use vwnet_sim::scenario::Scenario;
 use vwnet_sim::validate::{
-    Case, default_cases, parse_measured, predict, rel_err, validation_params,
+    Calibration, Case, Measured, default_cases, fit_line, parse_measured, predict, pull_phases,
+    rel_err, validation_params,
 };
 
 #[derive(Parser)]
@@ -44,17 +45,75 @@ enum Cmd {
         /// Directory of the validation topologies.
         #[arg(long, default_value = "simulations/topologies")]
         topologies: PathBuf,
-        /// Per-request server delay in seconds (calibration, same for every case).
-        #[arg(long, default_value_t = 0.002)]
-        request_overhead: f64,
-        /// Receiver verify-and-store throughput, MB/s (calibration; 0 = instant).
-        #[arg(long, default_value_t = 400.0)]
-        verify_mb_s: f64,
+        #[command(flatten)]
+        costs: Costs,
+        /// The pull's fixed cost before its first request, seconds (measured by `calibrate`).
+        #[arg(long, default_value_t = PULL_SETUP)]
+        pull_setup: f64,
+        /// The pull's fixed cost after its last chunk, seconds (measured by `calibrate`).
+        #[arg(long, default_value_t = PULL_FINISH)]
+        pull_finish: f64,
+        /// Predict without link delays (as a testbed without `sch_netem` runs); with
+        /// --testbed this follows the testbed's report.
+        #[arg(long)]
+        no_delays: bool,
         /// Allowed relative error.
         #[arg(long, default_value_t = 0.15)]
         tolerance: f64,
     },
+    /// Measure the pull's fixed cost: time a lone puller on the testbed at several sizes and
+    /// fit measured minus predicted (without fixed costs) against the size.
+    Calibrate {
+        /// The `vwnet-testbed` binary (needs root).
+        #[arg(long)]
+        testbed: PathBuf,
+        /// The `vwnet` binary the testbed should run.
+        #[arg(long)]
+        vwnet: Option<PathBuf>,
+        /// A topology with one publisher and one puller.
+        #[arg(long, default_value = "simulations/topologies/validate-pair.toml")]
+        topology: PathBuf,
+        /// Image sizes, MiB.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        sizes: Vec<u64>,
+        /// Runs per size.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Keep the nodes' logs under this directory (`<size>-<run>/<host>.log`); with them
+        /// the fixed cost is split into the node's phases.
+        #[arg(long)]
+        logs: Option<PathBuf>,
+        #[command(flatten)]
+        costs: Costs,
+    },
 }
+
+/// The per-request and per-byte costs, the same for every case.
+#[derive(clap::Args)]
+struct Costs {
+    /// Per-request server delay in seconds (calibration, same for every case).
+    #[arg(long, default_value_t = 0.002)]
+    request_overhead: f64,
+    /// Receiver verify-and-store throughput, MB/s (calibration; 0 = instant).
+    #[arg(long, default_value_t = 400.0)]
+    verify_mb_s: f64,
+}
+
+impl Costs {
+    fn calibration(&self, pull_setup: f64, pull_finish: f64) -> Calibration {
+        Calibration {
+            request_overhead: self.request_overhead,
+            verify_rate: (self.verify_mb_s > 0.0).then_some(self.verify_mb_s * 1e6),
+            pull_setup,
+            pull_finish,
+        }
+    }
+}
+
+/// Measured by `vwnet-sim calibrate` (see the README's validation section).
+const PULL_SETUP: f64 = 0.0;
+/// Measured by `vwnet-sim calibrate` (see the README's validation section).
+const PULL_FINISH: f64 = 0.0;
 
 fn main() -> ExitCode {
     match real_main() {
@@ -104,35 +163,43 @@ fn real_main() -> anyhow::Result<ExitCode> {
             testbed,
             vwnet,
             topologies,
-            request_overhead,
-            verify_mb_s,
+            costs,
+            pull_setup,
+            pull_finish,
+            no_delays,
             tolerance,
         } => {
-            let verify = (verify_mb_s > 0.0).then_some(verify_mb_s * 1e6);
-            let params = validation_params(request_overhead, verify);
+            let params = validation_params(&costs.calibration(pull_setup, pull_finish));
             let cases = default_cases(&topologies);
             println!(
                 "{:<28} {:>6} {:>12} {:>12} {:>8}",
                 "topology", "MiB", "predicted_s", "measured_s", "error"
             );
             let mut failed = 0;
+            let mut flat = false;
             for case in &cases {
-                let predicted = predict(case, &params)
-                    .with_context(|| format!("predicting {}", case.topology.display()))?;
-                let p_max = predicted.iter().map(|p| p.1).fold(0.0, f64::max);
                 let name = case
                     .topology
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let Some(tb) = &testbed else {
+                    let predicted = predict(case, &params, !no_delays)
+                        .with_context(|| format!("predicting {}", case.topology.display()))?;
+                    let p_max = predicted.iter().map(|p| p.1).fold(0.0, f64::max);
                     println!(
                         "{name:<28} {:>6} {p_max:>12.2} {:>12} {:>8}",
                         case.size_mib, "-", "-"
                     );
                     continue;
                 };
-                let measured = measure(tb, vwnet.as_ref(), case)?;
+                let measured = measure(tb, vwnet.as_ref(), case, None)?;
+                // Predict the links the testbed built: no delays without `sch_netem`.
+                let delays = !no_delays && measured.delay_emulated.unwrap_or(true);
+                flat |= !delays;
+                let predicted = predict(case, &params, delays)
+                    .with_context(|| format!("predicting {}", case.topology.display()))?;
+                let p_max = predicted.iter().map(|p| p.1).fold(0.0, f64::max);
                 let m_max = measured
                     .hosts
                     .iter()
@@ -161,6 +228,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             if testbed.is_none() {
                 println!("(predictions only: pass --testbed PATH to measure; it needs root)");
             }
+            if flat {
+                println!("(the testbed applied no link delays, no sch_netem: predicted without)");
+            }
             if failed > 0 {
                 bail!(
                     "{failed} of {} cases outside ±{:.0}%",
@@ -170,14 +240,108 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Calibrate {
+            testbed,
+            vwnet,
+            topology,
+            sizes,
+            runs,
+            logs,
+            costs,
+        } => {
+            calibrate(
+                &testbed,
+                vwnet.as_ref(),
+                &topology,
+                &sizes,
+                runs,
+                logs.as_deref(),
+                &costs,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
+/// Times a lone puller at each size and fits measured minus predicted against the size.
+fn calibrate(
+    testbed: &Path,
+    vwnet: Option<&PathBuf>,
+    topology: &Path,
+    sizes: &[u64],
+    runs: u32,
+    logs: Option<&Path>,
+    costs: &Costs,
+) -> anyhow::Result<()> {
+    let params = validation_params(&costs.calibration(0.0, 0.0));
+    println!(
+        "{:>5} {:>4} {:>10} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "MiB", "run", "measured", "predicted", "residual", "client", "manifest", "loop", "finish"
+    );
+    let mut points = Vec::new();
+    for &size in sizes {
+        let case = Case {
+            topology: topology.to_path_buf(),
+            size_mib: size,
+        };
+        for run in 1..=runs {
+            let dir = logs.map(|d| d.join(format!("{size}-{run}")));
+            let measured = measure(testbed, vwnet, &case, dir.as_deref())?;
+            let delays = measured.delay_emulated.unwrap_or(true);
+            let predicted = predict(&case, &params, delays)
+                .with_context(|| format!("predicting {}", topology.display()))?;
+            let [(host, p)] = predicted.as_slice() else {
+                bail!("{} must have exactly one puller", topology.display());
+            };
+            let Some(m) = measured.hosts.iter().find(|h| &h.host == host) else {
+                bail!("the testbed reported no time for {host}");
+            };
+            let residual = m.completed_secs - p;
+            points.push((size as f64, residual));
+            // The node's phases (from its log and `vwnet pull`'s own timing), when kept:
+            // client = the command's start, resolving and the reply; manifest = up to the
+            // loop's first poll; loop = the scheduling loop and its last commit; finish = the
+            // store's finish, the Complete announcement and the provider record.
+            let phases = dir.as_ref().and_then(|d| {
+                let log = std::fs::read_to_string(d.join(format!("{host}.log"))).ok()?;
+                let ph = pull_phases(&log)?;
+                let millis = m.pull.as_ref()?.millis as f64 / 1000.0;
+                Some((
+                    m.completed_secs - millis,
+                    ph.loop_start - (ph.complete - millis),
+                    ph.loop_end - ph.loop_start,
+                    ph.complete - ph.loop_end,
+                ))
+            });
+            let cell = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+            println!(
+                "{size:>5} {run:>4} {:>10.3} {p:>11.3} {residual:>+10.3} {:>9} {:>9} {:>9} {:>9}",
+                m.completed_secs,
+                cell(phases.map(|p| p.0)),
+                cell(phases.map(|p| p.1)),
+                cell(phases.map(|p| p.2)),
+                cell(phases.map(|p| p.3)),
+            );
+        }
+    }
+    match fit_line(&points) {
+        Some((a, b)) => println!(
+            "residual = {a:.3} s + {:.2} ms/MiB (least squares over {} runs): \
+             fixed cost {a:.3} s",
+            b * 1000.0,
+            points.len()
+        ),
+        None => println!("(one size only: no fit; pass several --sizes)"),
+    }
+    Ok(())
+}
+
 fn measure(
-    testbed: &PathBuf,
+    testbed: &Path,
     vwnet: Option<&PathBuf>,
     case: &Case,
-) -> anyhow::Result<vwnet_sim::validate::Measured> {
+    logs: Option<&Path>,
+) -> anyhow::Result<Measured> {
     let mut cmd = Command::new(testbed);
     cmd.arg("bench")
         .arg(&case.topology)
@@ -188,6 +352,9 @@ fn measure(
         .arg("--json");
     if let Some(v) = vwnet {
         cmd.arg("--vwnet").arg(v);
+    }
+    if let Some(dir) = logs {
+        cmd.arg("--logs").arg(dir);
     }
     let out = cmd
         .output()

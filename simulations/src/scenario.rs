@@ -449,6 +449,8 @@ impl Scenario {
                 &rs.commit_every,
                 defaults.commit_every,
             )?,
+            pull_setup: defaults.pull_setup,
+            pull_finish: defaults.pull_finish,
         };
         if swarm.announce_every <= 0.0 {
             return Err(bad("swarm.announce_every", "must be > 0"));

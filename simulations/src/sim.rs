@@ -221,6 +221,13 @@ pub struct SwarmParams {
     /// tick's grid): a received chunk is announced only once a commit made it durable. 0: at
     /// once.
     pub commit_every: f64,
+    /// Seconds from a puller's start to its downloader's first poll: the node's fixed cost
+    /// before the scheduling loop (`vwnet pull` starting, resolving the description, fetching
+    /// the manifest). 0: none (the scenarios' default).
+    pub pull_setup: f64,
+    /// Seconds from the downloader's `Complete` to the host's completion: the node's fixed
+    /// cost after the loop (the last commit, the store's `finish`, the reply). 0: none.
+    pub pull_finish: f64,
 }
 
 impl Default for SwarmParams {
@@ -236,6 +243,8 @@ impl Default for SwarmParams {
             site_aware: true,
             upload_slots: vwnet_node::config::Limits::default().max_concurrent_uploads,
             commit_every: vwnet_node::pull::COMMIT_EVERY.as_secs_f64(),
+            pull_setup: 0.0,
+            pull_finish: 0.0,
         }
     }
 }
@@ -541,6 +550,8 @@ fn locality(same_site: bool) -> Locality {
 enum Ev {
     /// A puller starts.
     Arrive(u32),
+    /// A swarm puller's setup is over (valid for the given incarnation): start its downloader.
+    StartPull(u32, u32),
     /// Transfer `t`'s request reaches its server: start the flow.
     Send(u32),
     /// Transfer `t`'s last byte reached the puller.
@@ -1007,6 +1018,12 @@ impl<'a> Sim<'a> {
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::Arrive(h) => self.arrive(h),
+            Ev::StartPull(h, incarnation) => {
+                let host = &self.hosts[h as usize];
+                if host.online && host.incarnation == incarnation && host.dl.is_none() {
+                    self.start_downloader(h);
+                }
+            }
             Ev::Send(t) => self.send(t),
             Ev::Deliver(t) => self.deliver(t),
             Ev::Busy(t) => self.refused(t),
@@ -1031,9 +1048,15 @@ impl<'a> Sim<'a> {
     }
 
     fn complete(&mut self, h: u32) {
+        // The node's fixed cost after its pull loop ends (the simulator's downloader is done).
+        let finish = if self.is_swarm() {
+            self.swarm.pull_finish
+        } else {
+            0.0
+        };
         let host = &mut self.hosts[h as usize];
         if host.done.is_none() && host.puller {
-            host.done = Some(self.now);
+            host.done = Some(self.now + finish);
             self.completed += 1;
         }
     }
@@ -1054,7 +1077,20 @@ impl<'a> Sim<'a> {
                     self.whole_copy(repo, h);
                 }
             }
-            Strategy::Swarm | Strategy::SwarmWarm => self.start_downloader(h),
+            Strategy::Swarm | Strategy::SwarmWarm => self.begin_pull(h),
+        }
+    }
+
+    /// Starts `h`'s downloader after the pull's fixed setup time (at once without one).
+    fn begin_pull(&mut self, h: u32) {
+        if self.swarm.pull_setup > 0.0 {
+            let incarnation = self.hosts[h as usize].incarnation;
+            self.push(
+                self.now + self.swarm.pull_setup,
+                Ev::StartPull(h, incarnation),
+            );
+        } else {
+            self.start_downloader(h);
         }
     }
 
@@ -1480,7 +1516,7 @@ impl<'a> Sim<'a> {
         let host = &mut self.hosts[h as usize];
         host.online = true;
         if host.started.is_some() {
-            self.start_downloader(h);
+            self.begin_pull(h);
         }
         let leave = self.now + self.rng.exp(churn.mean_online);
         self.push(leave, Ev::Leave(h));

@@ -54,6 +54,12 @@ pub(crate) fn stable_hash<P: Hash>(id: &P) -> u64 {
     splitmix64(&mut state)
 }
 
+/// A peer id's rendezvous key among its site's members, the same in every process: what
+/// [`super::Downloader::set_site_roster`] takes.
+pub fn site_key<P: Hash>(id: &P) -> u64 {
+    stable_hash(id)
+}
+
 /// The FNV-1a hasher: tiny, deterministic, good enough to seed the rendezvous weights.
 struct Fnv(u64);
 

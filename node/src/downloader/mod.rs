@@ -72,7 +72,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{Config, ConfigBuilder, ConfigError, MAX_PEERS_LIMIT};
-pub use locality::Locality;
+pub use locality::{Locality, site_key};
 pub use stats::{PeerStats, Stats};
 pub use table::{ChunkIdx, ChunkTable, ChunkTableError};
 
@@ -343,6 +343,8 @@ struct SiteState {
     /// among them.
     members: Option<Vec<u64>>,
     mine: Vec<u64>,
+    /// Members given by [`Downloader::set_site_roster`] instead of derived from the peers.
+    roster: Option<Arc<[u64]>>,
     /// When the pending [`Timer::Site`] fires.
     timer: Option<Duration>,
 }
@@ -414,6 +416,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             local_dirty: false,
             members: None,
             mine: vec![u64::MAX; words],
+            roster: None,
             timer: None,
         };
         let state: Vec<u8> = wanted
@@ -581,6 +584,18 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
     /// Without it, each downloader fetches remote-only chunks by itself.
     pub fn set_own_id(&mut self, me: &P) {
         self.site.me = Some(stable_hash(me));
+        self.site.members = None;
+        self.dirty = true;
+    }
+
+    /// Gives the site's pulling members as a roster of rendezvous keys ([`site_key`] of each
+    /// member's id; this host's own key may be among them), instead of deriving them from the
+    /// local peers' announcements; `None` returns to that. For a caller that knows who pulls
+    /// on its site without holding each one as a peer: the simulator, whose hosts see a few
+    /// neighbours, stands for nodes that hear every announcer this way. The caller keeps the
+    /// roster current: a member that never fetches its units holds the others up.
+    pub fn set_site_roster(&mut self, roster: Option<Arc<[u64]>>) {
+        self.site.roster = roster;
         self.site.members = None;
         self.dirty = true;
     }
@@ -1379,7 +1394,18 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
                 .any(|(old, new)| old & !new != 0);
             self.site.local_has = now_has;
         }
-        if let Some(me) = self.site.me {
+        if let (Some(me), Some(roster)) = (self.site.me, &self.site.roster) {
+            if self.site.members.is_none() {
+                let mine = owned_chunks(self.state.len() as u32, me, roster);
+                grew |= mine
+                    .iter()
+                    .zip(&self.site.mine)
+                    .any(|(new, old)| new & !old != 0);
+                self.site.mine = mine;
+                // Marks the roster applied (members are compared only when derived).
+                self.site.members = Some(Vec::new());
+            }
+        } else if let Some(me) = self.site.me {
             let mut members = Vec::new();
             for p in self.peers.iter().flatten() {
                 let until = p.last_progress + patience;

@@ -490,6 +490,35 @@ fn remote_only_chunks_are_split_among_the_sites_pullers() {
     assert!(d.is_complete());
 }
 
+/// A roster names the site's members, peers or not: remote-only chunks are split over all
+/// of them, and clearing it goes back to the members among the peers.
+#[test]
+fn a_site_roster_splits_remote_only_chunks_among_members_that_are_not_peers() {
+    let n = 256;
+    let mut d = Downloader::new(config().build().unwrap(), table(n, 1024), []).unwrap();
+    d.set_own_id(&0);
+    d.add_peer(Duration::ZERO, 1, Holds::Nothing).unwrap();
+    d.add_peer(Duration::ZERO, 9, Holds::Everything).unwrap();
+    d.set_peer_locality(Duration::ZERO, &9, Locality::Remote);
+    let roster: Vec<u64> = (0..4u32).map(|i| site_key(&i)).collect();
+    d.set_site_roster(Some(roster.clone().into()));
+    let mine = owned_chunks(n, site_key(&0u32), &roster);
+    let owned: Vec<u32> = (0..n).filter(|&c| bits_has(&mine, c)).collect();
+    let with_peers_only = owned_chunks(n, site_key(&0u32), &[site_key(&1u32)]);
+    assert!(!owned.is_empty(), "no unit of 16 for us among 4 members");
+    assert!(owned.len() < (0..n).filter(|&c| bits_has(&with_peers_only, c)).count());
+
+    let asked = serve_all(&mut d, MS);
+    assert_eq!(chunks_of(&asked, 9), owned);
+    // Without the roster the only member is peer 1: we own more.
+    d.set_site_roster(None);
+    let asked = serve_all(&mut d, 2 * MS);
+    let more: Vec<u32> = (0..n)
+        .filter(|&c| bits_has(&with_peers_only, c) && !owned.contains(&c))
+        .collect();
+    assert_eq!(chunks_of(&asked, 9), more);
+}
+
 /// A local peer whose requests keep failing stops counting as a holder: a dead neighbour's
 /// bitmap does not keep its chunks from being fetched across sites for long.
 #[test]

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use vwnet_node::downloader::{
     Action, ChunkIdx, ChunkOutcome, ChunkState, ChunkTable, Config, ConfigError, Downloader,
-    Failure, Holds, Locality, RequestId,
+    Failure, Holds, Locality, RequestId, site_key,
 };
 
 use crate::network::{FlowId, LinkId, Network};
@@ -653,6 +653,29 @@ struct Host {
     uploads: u32,
     /// Central strategy: this host is its site's repository and has the image.
     repo_ready: bool,
+    /// When it arrives (pullers; set when the run starts).
+    arrives: Option<f64>,
+    /// The version of its site's roster its downloader was given (0: none).
+    roster_seen: u32,
+}
+
+/// The pulling members of a site too large for a host's neighbour view. The node learns every
+/// announcer of its site and ranks itself among them for the units fetched across sites; a
+/// simulated host sees a few neighbours, and ranking among those alone would have each unit
+/// fetched across by every neighbourhood (about members / view times). So the simulator gives
+/// each downloader the site's roster, rebuilt when pullers start or leave, at most once per
+/// announcement interval (what a node needs to hear a newcomer).
+#[derive(Debug, Default)]
+struct SiteRoster {
+    /// The site's pullers.
+    pullers: Vec<u32>,
+    /// Rendezvous keys of those that arrived and are online.
+    keys: Arc<[u64]>,
+    /// Bumped at every rebuild (0: never built).
+    version: u32,
+    /// A puller started or left since the last rebuild.
+    stale: bool,
+    built_at: f64,
 }
 
 /// A simulation of one strategy over one topology.
@@ -685,6 +708,8 @@ pub struct Sim<'a> {
     /// Live downloader requests: (puller, request) -> transfer.
     request_transfer: HashMap<(u32, RequestId), u32>,
     cancelled_bytes: u64,
+    /// Per site: the roster of a site larger than the view (`None`: the view covers it).
+    rosters: Vec<Option<SiteRoster>>,
 }
 
 impl<'a> Sim<'a> {
@@ -737,6 +762,8 @@ impl<'a> Sim<'a> {
                 bytes_out: 0,
                 uploads: 0,
                 repo_ready: false,
+                arrives: None,
+                roster_seen: 0,
             })
             .collect();
         let mut repo_of_site = Vec::new();
@@ -774,6 +801,7 @@ impl<'a> Sim<'a> {
             repo_of_site,
             request_transfer: HashMap::new(),
             cancelled_bytes: 0,
+            rosters: topo.sites.iter().map(|_| None).collect(),
         })
     }
 
@@ -825,6 +853,7 @@ impl<'a> Sim<'a> {
             if let Arrivals::Poisson(rate) = self.workload.arrivals {
                 t += self.rng.exp(1.0 / rate.max(1e-9));
             }
+            self.hosts[h as usize].arrives = Some(t);
             self.push(t, Ev::Arrive(h));
             if let (Some(c), true) = (self.workload.churn, self.is_swarm()) {
                 let leave = t + self.rng.exp(c.mean_online);
@@ -919,7 +948,13 @@ impl<'a> Sim<'a> {
         for &h in pullers {
             per_site[self.fabric.site_of[h as usize] as usize].push(h);
         }
-        for group in &per_site {
+        for (s, group) in per_site.iter().enumerate() {
+            if k - remote + 1 < group.len() {
+                self.rosters[s] = Some(SiteRoster {
+                    pullers: group.clone(),
+                    ..SiteRoster::default()
+                });
+            }
             if k - remote + 1 >= group.len() {
                 for &h in group {
                     let others = group.iter().copied().filter(|&o| o != h);
@@ -1077,7 +1112,10 @@ impl<'a> Sim<'a> {
                     self.whole_copy(repo, h);
                 }
             }
-            Strategy::Swarm | Strategy::SwarmWarm => self.begin_pull(h),
+            Strategy::Swarm | Strategy::SwarmWarm => {
+                self.roster_changed(h);
+                self.begin_pull(h);
+            }
         }
     }
 
@@ -1158,11 +1196,61 @@ impl<'a> Sim<'a> {
         if complete {
             self.complete(h);
         }
+        self.hosts[h as usize].roster_seen = 0;
+        let interval = announce_interval(
+            self.swarm.announce_every,
+            self.swarm.announce_budget,
+            self.hosts[h as usize].neighbours.len() + 1,
+        );
+        self.update_roster(h, interval);
         self.drive(h);
         let phase = self.rng.unit() * self.swarm.announce_every;
         self.hosts[h as usize].grid_origin = self.now + phase;
         let incarnation = self.hosts[h as usize].incarnation;
         self.push(self.now + phase, Ev::Ticker(h, incarnation));
+    }
+
+    /// `h` started or left: its site's roster is stale.
+    fn roster_changed(&mut self, h: u32) {
+        let site = self.fabric.site_of[h as usize] as usize;
+        if let Some(r) = self.rosters[site].as_mut() {
+            r.stale = true;
+        }
+    }
+
+    /// Rebuilds `h`'s site roster if it is stale and `interval` passed since the last
+    /// rebuild, and gives `h`'s downloader the current one.
+    fn update_roster(&mut self, h: u32, interval: f64) {
+        let site = self.fabric.site_of[h as usize] as usize;
+        let Some(r) = self.rosters[site].as_mut() else {
+            return;
+        };
+        let now = self.now;
+        if r.stale && (r.version == 0 || now - r.built_at >= interval - 1e-9) {
+            let hosts = &self.hosts;
+            let keys: Arc<[u64]> = r
+                .pullers
+                .iter()
+                .filter(|&&p| {
+                    let host = &hosts[p as usize];
+                    host.online && host.arrives.is_some_and(|t| t <= now)
+                })
+                .map(site_key)
+                .collect();
+            if keys != r.keys || r.version == 0 {
+                r.keys = keys;
+                r.version += 1;
+                r.built_at = now;
+            }
+            r.stale = false;
+        }
+        let host = &mut self.hosts[h as usize];
+        if host.roster_seen != r.version
+            && let Some(dl) = host.dl.as_mut()
+        {
+            dl.set_site_roster(Some(r.keys.clone()));
+            host.roster_seen = r.version;
+        }
     }
 
     fn same_site(&self, a: u32, b: u32) -> bool {
@@ -1455,6 +1543,7 @@ impl<'a> Sim<'a> {
             host.published = held;
             host.announced_at = Some(self.now);
         }
+        self.update_roster(h, interval);
         self.drive(h);
         let at = self.now + self.swarm.announce_every;
         self.push(at, Ev::Ticker(h, incarnation));
@@ -1468,6 +1557,7 @@ impl<'a> Sim<'a> {
             return;
         }
         let now = Duration::from_secs_f64(self.now);
+        self.roster_changed(h);
         let host = &mut self.hosts[h as usize];
         host.online = false;
         host.incarnation += 1;
@@ -1516,6 +1606,7 @@ impl<'a> Sim<'a> {
         let host = &mut self.hosts[h as usize];
         host.online = true;
         if host.started.is_some() {
+            self.roster_changed(h);
             self.begin_pull(h);
         }
         let leave = self.now + self.rng.exp(churn.mean_online);

@@ -9,9 +9,10 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use vwnet_sim::report::{run_scenario, summary_table, write_outputs};
 use vwnet_sim::scenario::Scenario;
+use vwnet_sim::topology::Topology;
 use vwnet_sim::validate::{
     Calibration, Case, Measured, default_cases, fit_line, parse_measured, predict, pull_phases,
-    rel_err, validation_params,
+    rel_err, secs_per_mib,
 };
 
 #[derive(Parser)]
@@ -53,6 +54,9 @@ enum Cmd {
         /// The pull's fixed cost after its last chunk, seconds (measured by `calibrate`).
         #[arg(long, default_value_t = PULL_FINISH)]
         pull_finish: f64,
+        /// Image bytes per byte a link's shaper counts (measured by `calibrate`).
+        #[arg(long, default_value_t = PAYLOAD_SHARE)]
+        payload_share: f64,
         /// Predict without link delays (as a testbed without `sch_netem` runs); with
         /// --testbed this follows the testbed's report.
         #[arg(long)]
@@ -100,20 +104,23 @@ struct Costs {
 }
 
 impl Costs {
-    fn calibration(&self, pull_setup: f64, pull_finish: f64) -> Calibration {
+    fn calibration(&self, pull_setup: f64, pull_finish: f64, payload_share: f64) -> Calibration {
         Calibration {
             request_overhead: self.request_overhead,
             verify_rate: (self.verify_mb_s > 0.0).then_some(self.verify_mb_s * 1e6),
             pull_setup,
             pull_finish,
+            payload_share,
         }
     }
 }
 
 /// Measured by `vwnet-sim calibrate` (see the README's validation section).
-const PULL_SETUP: f64 = 0.0;
+const PULL_SETUP: f64 = 0.027;
 /// Measured by `vwnet-sim calibrate` (see the README's validation section).
-const PULL_FINISH: f64 = 0.0;
+const PULL_FINISH: f64 = 0.005;
+/// Measured by `vwnet-sim calibrate` (see the README's validation section).
+const PAYLOAD_SHARE: f64 = 0.951;
 
 fn main() -> ExitCode {
     match real_main() {
@@ -166,10 +173,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
             costs,
             pull_setup,
             pull_finish,
+            payload_share,
             no_delays,
             tolerance,
         } => {
-            let params = validation_params(&costs.calibration(pull_setup, pull_finish));
+            let params = costs.calibration(pull_setup, pull_finish, payload_share);
             let cases = default_cases(&topologies);
             println!(
                 "{:<28} {:>6} {:>12} {:>12} {:>8}",
@@ -273,12 +281,16 @@ fn calibrate(
     logs: Option<&Path>,
     costs: &Costs,
 ) -> anyhow::Result<()> {
-    let params = validation_params(&costs.calibration(0.0, 0.0));
+    // Raw: no fixed costs, every link's full rate carries image bytes.
+    let params = costs.calibration(0.0, 0.0, 1.0);
+    let link_secs = secs_per_mib(&Topology::load(topology)?);
     println!(
         "{:>5} {:>4} {:>10} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "MiB", "run", "measured", "predicted", "residual", "client", "manifest", "loop", "finish"
     );
     let mut points = Vec::new();
+    let mut phase_sums = [0.0; 4];
+    let mut phase_runs = 0u32;
     for &size in sizes {
         let case = Case {
             topology: topology.to_path_buf(),
@@ -313,6 +325,12 @@ fn calibrate(
                     ph.complete - ph.loop_end,
                 ))
             });
+            if let Some(p) = phases {
+                phase_runs += 1;
+                for (sum, v) in phase_sums.iter_mut().zip([p.0, p.1, p.2, p.3]) {
+                    *sum += v;
+                }
+            }
             let cell = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
             println!(
                 "{size:>5} {run:>4} {:>10.3} {p:>11.3} {residual:>+10.3} {:>9} {:>9} {:>9} {:>9}",
@@ -324,14 +342,35 @@ fn calibrate(
             );
         }
     }
-    match fit_line(&points) {
-        Some((a, b)) => println!(
-            "residual = {a:.3} s + {:.2} ms/MiB (least squares over {} runs): \
-             fixed cost {a:.3} s",
+    let Some((a, b)) = fit_line(&points) else {
+        println!("(one size only: no fit; pass several --sizes)");
+        return Ok(());
+    };
+    println!(
+        "residual = {a:.3} s + {:.2} ms/MiB (least squares over {} runs): fixed cost {a:.3} s",
+        b * 1000.0,
+        points.len()
+    );
+    if let Some(t) = link_secs {
+        // The extra time per MiB is link time the shaper spent on bytes that are not the
+        // image's: the payload share of the link is t / (t + b).
+        println!(
+            "per MiB: {:.1} ms of link time + {:.2} ms: payload share {:.4}",
+            t * 1000.0,
             b * 1000.0,
-            points.len()
-        ),
-        None => println!("(one size only: no fit; pass several --sizes)"),
+            t / (t + b)
+        );
+    }
+    if phase_runs > 0 {
+        let mean = |i: usize| phase_sums[i] / f64::from(phase_runs);
+        println!(
+            "phases (mean of {phase_runs} runs): client {:.3} s + manifest {:.3} s before the \
+             loop (pull_setup {:.3}), finish {:.3} s after it (pull_finish)",
+            mean(0),
+            mean(1),
+            mean(0) + mean(1),
+            mean(3)
+        );
     }
     Ok(())
 }

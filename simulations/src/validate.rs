@@ -92,15 +92,16 @@ pub enum ValidateError {
     Run(#[from] crate::sim::RunError),
 }
 
-/// Predicted per-host completion seconds for a case, host name order; `delays: false` predicts
-/// the topology with every link delay zero (a testbed without `sch_netem`).
+/// Predicted per-host completion seconds for a case, host name order, on the links the
+/// testbed builds ([`testbed_topology`]; `delays: false` for a testbed without `sch_netem`).
 pub fn predict(
     case: &Case,
-    swarm: &SwarmParams,
+    calibration: &Calibration,
     delays: bool,
 ) -> Result<Vec<(String, f64)>, ValidateError> {
     let topo = Topology::load(&case.topology)?;
-    let topo = if delays { topo } else { without_delays(topo) };
+    let topo = testbed_topology(topo, delays, calibration.payload_share);
+    let swarm = &validation_params(calibration);
     let image = ImageModel::synthetic(case.size_mib << 20, 64 * 1024, 0.0, 1);
     let payload = payload(&image, swarm.piece)?;
     let workload = Workload::default();
@@ -123,6 +124,9 @@ pub struct Calibration {
     pub pull_setup: f64,
     /// The pull's fixed cost after its last chunk, seconds ([`SwarmParams::pull_finish`]).
     pub pull_finish: f64,
+    /// Image bytes per byte the testbed's shaper counts (TCP/IP and Ethernet headers, libp2p
+    /// framing): the payload a link of rate R carries is R × this.
+    pub payload_share: f64,
 }
 
 /// Parses the testbed's JSON output.
@@ -143,15 +147,35 @@ pub fn validation_params(c: &Calibration) -> SwarmParams {
     }
 }
 
-/// The topology as a testbed without link delays builds it (every delay zero).
-pub fn without_delays(mut topo: Topology) -> Topology {
+/// The topology's links as the testbed builds them, in payload terms: every rate (host
+/// links and WAN) times `payload_share`, and without `delays` every delay zero.
+pub fn testbed_topology(mut topo: Topology, delays: bool, payload_share: f64) -> Topology {
+    let scale = |r: &mut Option<u64>| *r = r.map(|bps| (bps as f64 * payload_share).round() as u64);
     for site in &mut topo.sites {
-        site.link.delay = Duration::ZERO;
+        scale(&mut site.link.uplink_bps);
+        scale(&mut site.link.downlink_bps);
+        if !delays {
+            site.link.delay = Duration::ZERO;
+        }
     }
     for wan in &mut topo.wans {
-        wan.delay = Duration::ZERO;
+        scale(&mut wan.rate_bps);
+        if !delays {
+            wan.delay = Duration::ZERO;
+        }
     }
     topo
+}
+
+/// Seconds one MiB takes on the slowest host link of `topo` (`None`: every link unlimited).
+pub fn secs_per_mib(topo: &Topology) -> Option<f64> {
+    let slowest = topo
+        .sites
+        .iter()
+        .flat_map(|s| [s.link.uplink_bps, s.link.downlink_bps])
+        .flatten()
+        .min()?;
+    Some((8u64 << 20) as f64 / slowest as f64)
 }
 
 /// Relative error of a prediction.
@@ -243,16 +267,24 @@ mod tests {
     }
 
     #[test]
-    fn without_delays_zeroes_host_and_wan_delays_only() {
+    fn testbed_topology_scales_rates_and_drops_delays_only_when_asked() {
         let topo = Topology::from_toml(
             "[defaults]\nuplink = \"20mbit\"\ndelay = \"25ms\"\n[[site]]\nname = \"a\"\nhosts = 2\n\
              [[site]]\nname = \"b\"\nhosts = 1\n[[wan]]\nsites = [\"a\", \"b\"]\ndelay = \"20ms\"\n",
         )
         .expect("valid topology");
-        let flat = without_delays(topo.clone());
+        let flat = testbed_topology(topo.clone(), false, 1.0);
         assert!(flat.sites.iter().all(|s| s.link.delay == Duration::ZERO));
         assert!(flat.wans.iter().all(|w| w.delay == Duration::ZERO));
         assert_eq!(flat.sites[0].link.uplink_bps, topo.sites[0].link.uplink_bps);
+        let payload = testbed_topology(topo.clone(), true, 0.95);
+        assert_eq!(payload.sites[0].link.uplink_bps, Some(19_000_000));
+        assert_eq!(
+            payload.sites[0].link.downlink_bps, None,
+            "unlimited stays unlimited"
+        );
+        assert_eq!(payload.wans[0].delay, topo.wans[0].delay);
+        assert_eq!(secs_per_mib(&payload), Some((8u64 << 20) as f64 / 19e6));
     }
 
     #[test]
@@ -274,14 +306,19 @@ mod tests {
             verify_rate: Some(400e6),
             pull_setup: 0.0,
             pull_finish: 0.0,
+            payload_share: 1.0,
         };
-        let base = predict(&case, &validation_params(&c), true).expect("predict")[0].1;
+        let base = predict(&case, &c, true).expect("predict")[0].1;
         c.pull_setup = 0.15;
         c.pull_finish = 0.05;
-        let with = predict(&case, &validation_params(&c), true).expect("predict")[0].1;
+        let with = predict(&case, &c, true).expect("predict")[0].1;
         // One puller, one source: nothing else depends on when it starts or finishes.
         assert!((with - base - 0.2).abs() < 1e-6, "{base} -> {with}");
-        let flat = predict(&case, &validation_params(&c), false).expect("predict")[0].1;
+        let flat = predict(&case, &c, false).expect("predict")[0].1;
         assert!(flat < with, "no delay cannot be slower: {flat} vs {with}");
+        c.payload_share = 0.5;
+        let half = predict(&case, &c, true).expect("predict")[0].1;
+        // 4 MiB at 100 Mbit/s is 0.34 s of link time: half the payload rate adds about that.
+        assert!(half - with > 0.3 && half - with < 0.4, "{with} -> {half}");
     }
 }

@@ -9,6 +9,7 @@
 //! - [`validate`]: predictions for the testbed's validation cases.
 //! - [`rng`]: a seeded generator so that runs are reproducible.
 
+mod due;
 pub mod image;
 pub mod network;
 pub mod report;

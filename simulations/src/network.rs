@@ -9,8 +9,9 @@
 //!
 //! Efficiency: a start or an end only marks the links of that flow dirty. [`Network::recompute`]
 //! walks the connected component (links ↔ flows) of the dirty links and re-solves only it;
-//! flows elsewhere keep their rates and their completion entries. Completions sit in a heap
-//! with a version per flow, so a re-rated flow pushes a new entry and the stale one is skipped;
+//! flows elsewhere keep their rates and their completion entries. Completions sit in a
+//! time-bucketed queue (`crate::due`) with a version per flow, so a re-rated flow pushes a new
+//! entry and the stale one is skipped (most never reach the queue's heap);
 //! versions live with the flow *slot* and keep counting when the slot is reused, so an entry
 //! left by a finished flow can never complete its successor early.
 //! Unlimited links are left out of paths altogether: they never constrain anything.
@@ -26,6 +27,8 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+
+use crate::due::{Due, DueQueue};
 
 /// Index of a link.
 pub type LinkId = u32;
@@ -68,29 +71,6 @@ struct Flow {
     tag: u64,
 }
 
-/// Heap entry ordered by time, earliest first.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Due {
-    at: f64,
-    flow: FlowId,
-    version: u32,
-}
-
-impl Eq for Due {}
-impl Ord for Due {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .at
-            .total_cmp(&self.at)
-            .then_with(|| other.flow.cmp(&self.flow))
-    }
-}
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
 /// Min-heap entry of progressive filling: a link's fair share.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Share {
@@ -123,7 +103,7 @@ pub struct Network {
     dirty: Vec<LinkId>,
     /// Flows with no finite link: they complete at once.
     instant: Vec<FlowId>,
-    due: BinaryHeap<Due>,
+    due: DueQueue,
     stamp: u64,
     active: usize,
     recomputes: u64,
@@ -394,7 +374,7 @@ impl Network {
     }
 
     /// Gives `flow` a fresh heap entry for its current rate (none while it is starved).
-    fn reschedule(due: &mut BinaryHeap<Due>, id: FlowId, flow: &mut Flow, now: f64) {
+    fn reschedule(due: &mut DueQueue, id: FlowId, flow: &mut Flow, now: f64) {
         flow.version = flow.version.wrapping_add(1);
         let at = if flow.remaining <= EPS_BYTES {
             now
@@ -489,16 +469,13 @@ impl Network {
 
     /// The earliest completion, as (time, flow), without removing it.
     pub fn next_completion(&mut self) -> Option<(f64, FlowId)> {
-        while let Some(&d) = self.due.peek() {
-            let live = self.flows[d.flow as usize]
+        let flows = &self.flows;
+        let d = self.due.peek(|d| {
+            flows[d.flow as usize]
                 .as_ref()
-                .is_some_and(|f| f.version == d.version);
-            if live {
-                return Some((d.at, d.flow));
-            }
-            self.due.pop();
-        }
-        None
+                .is_some_and(|f| f.version == d.version)
+        })?;
+        Some((d.at, d.flow))
     }
 
     /// Removes the flow due at `next_completion` and returns (flow, tag).

@@ -1,8 +1,9 @@
 //! The model against closed-form answers (each within 2%), and pieces against chunks.
 
-use vwnet_sim::image::ImageModel;
-use vwnet_sim::report::payload;
-use vwnet_sim::sim::{LimitOverrides, RunResult, Sim, Strategy, SwarmParams, Workload};
+mod common;
+
+use common::simulate;
+use vwnet_sim::sim::{LimitOverrides, RunResult, Strategy, SwarmParams, Workload};
 use vwnet_sim::topology::Topology;
 
 const MIB: u64 = 1 << 20;
@@ -16,12 +17,7 @@ fn lan(hosts: u32, mbit: u64, delay_ms: u64) -> Topology {
 }
 
 fn run(topo: &Topology, st: Strategy, size: u64, swarm: &SwarmParams) -> Vec<f64> {
-    let image = ImageModel::synthetic(size, 64 * 1024, 0.0, 3);
-    let p = payload(&image, swarm.piece).unwrap();
-    let w = Workload::default();
-    let r = Sim::new(topo, st, &p, &w, swarm, 7)
-        .unwrap()
-        .run(&mut |_| {});
+    let r = simulate(topo, st, size, swarm, &Workload::default());
     r.hosts
         .iter()
         .map(|h| h.completed.expect("completed"))
@@ -94,12 +90,7 @@ fn perfect_swarm(pullers: u32, seed_up: &str, size: u64, piece: u64) -> (f64, Ru
         site_aware: false,
         ..SwarmParams::default()
     };
-    let image = ImageModel::synthetic(size, 64 * 1024, 0.0, 3);
-    let p = payload(&image, swarm.piece).unwrap();
-    let w = Workload::default();
-    let r = Sim::new(&topo, Strategy::Swarm, &p, &w, &swarm, 7)
-        .unwrap()
-        .run(&mut |_| {});
+    let r = simulate(&topo, Strategy::Swarm, size, &swarm, &Workload::default());
     (size as f64 / 12.5e6, r)
 }
 
@@ -203,7 +194,6 @@ fn a_rate_quantum_of_50_ms_barely_changes_the_swarm() {
     // The largest runs re-solve max-min only every `rate_quantum` and fill in between
     // (`Network::fill_local`); this checks the approximation against the exact solver.
     let topo = two_sites_of_9_and_8();
-    let image = ImageModel::synthetic(64 * MIB, 64 * 1024, 0.0, 3);
     // Without upload slots or commit delay, and with an announcement at every tick: Busy
     // refusals (1 s pauses) and the node's 2.5 s announcement interval at 17 peers turn small
     // timing shifts into large ones (a piece either side of a pause or an announcement),
@@ -217,15 +207,12 @@ fn a_rate_quantum_of_50_ms_barely_changes_the_swarm() {
         announce_budget: Some(0.0),
         ..SwarmParams::default()
     };
-    let p = payload(&image, swarm.piece).unwrap();
     let stats = |quantum: f64| {
         let w = Workload {
             rate_quantum: quantum,
             ..Workload::default()
         };
-        let r = Sim::new(&topo, Strategy::Swarm, &p, &w, &swarm, 7)
-            .unwrap()
-            .run(&mut |_| {});
+        let r = simulate(&topo, Strategy::Swarm, 64 * MIB, &swarm, &w);
         let done = r.sorted_completions();
         assert_eq!(done.len(), r.hosts.len(), "every puller completes");
         (done[done.len() / 2], done[done.len() - 1])
@@ -247,18 +234,19 @@ fn upload_slots_refuse_with_busy_and_every_puller_still_completes() {
          [[site]]\nname = \"a\"\nhosts = 9\n",
     )
     .unwrap();
-    let image = ImageModel::synthetic(16 * MIB, 64 * 1024, 0.0, 3);
     let outcome = |slots: usize| {
         let swarm = SwarmParams {
             piece: 0,
             upload_slots: slots,
             ..SwarmParams::default()
         };
-        let p = payload(&image, swarm.piece).unwrap();
-        let w = Workload::default();
-        let r = Sim::new(&topo, Strategy::Swarm, &p, &w, &swarm, 7)
-            .unwrap()
-            .run(&mut |_| {});
+        let r = simulate(
+            &topo,
+            Strategy::Swarm,
+            16 * MIB,
+            &swarm,
+            &Workload::default(),
+        );
         assert!(r.makespan().is_some(), "every puller completes");
         let received: u64 = r.hosts.iter().map(|h| h.bytes_in).sum();
         assert!(received >= 8 * 16 * MIB, "{received}");

@@ -1,8 +1,9 @@
 //! Site-aware swarms whose sites are larger than a host's neighbour view.
 
-use vwnet_sim::image::ImageModel;
-use vwnet_sim::report::payload;
-use vwnet_sim::sim::{Sim, Strategy, SwarmParams, Workload};
+mod common;
+
+use common::simulate;
+use vwnet_sim::sim::{Strategy, SwarmParams, Workload};
 use vwnet_sim::topology::Topology;
 
 const MIB: u64 = 1 << 20;
@@ -24,12 +25,7 @@ fn a_site_larger_than_the_view_fetches_each_unit_across_about_once() {
         neighbours: 8,
         ..SwarmParams::default()
     };
-    let image = ImageModel::synthetic(size, 64 * 1024, 0.0, 3);
-    let p = payload(&image, swarm.piece).unwrap();
-    let w = Workload::default();
-    let r = Sim::new(&topo, Strategy::Swarm, &p, &w, &swarm, 7)
-        .unwrap()
-        .run(&mut |_| {});
+    let r = simulate(&topo, Strategy::Swarm, size, &swarm, &Workload::default());
     assert!(r.hosts.iter().all(|h| h.completed.is_some()));
     let crossings = r.wan_bytes as f64 / size as f64;
     assert!(

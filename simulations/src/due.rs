@@ -68,6 +68,7 @@ impl DueQueue {
 
     /// Adds an entry.
     pub(crate) fn push(&mut self, d: Due) {
+        debug_assert!(!d.at.is_nan(), "a completion time is NaN");
         self.len += 1;
         let b = bucket(d.at);
         if b <= self.cur {

@@ -664,7 +664,10 @@ struct Host {
 /// simulated host sees a few neighbours, and ranking among those alone would have each unit
 /// fetched across by every neighbourhood (about members / view times). So the simulator gives
 /// each downloader the site's roster, rebuilt when pullers start or leave, at most once per
-/// announcement interval (what a node needs to hear a newcomer).
+/// announcement interval (what a node needs to hear a newcomer). Unlike the node's members,
+/// the roster keeps pullers that finished: a node sees a finished owner as a local holder of
+/// its units, while a simulated host that is not its neighbour would take them over and fetch
+/// them across sites again, although they are on the site already.
 #[derive(Debug, Default)]
 struct SiteRoster {
     /// The site's pullers.
@@ -1197,11 +1200,12 @@ impl<'a> Sim<'a> {
             self.complete(h);
         }
         self.hosts[h as usize].roster_seen = 0;
-        let interval = announce_interval(
-            self.swarm.announce_every,
-            self.swarm.announce_budget,
-            self.hosts[h as usize].neighbours.len() + 1,
-        );
+        let peers = self.hosts[h as usize]
+            .dl
+            .as_ref()
+            .map_or(0, Downloader::peer_count);
+        let interval =
+            announce_interval(self.swarm.announce_every, self.swarm.announce_budget, peers);
         self.update_roster(h, interval);
         self.drive(h);
         let phase = self.rng.unit() * self.swarm.announce_every;

@@ -8,8 +8,8 @@
 //! - fetches a chunk that some *healthy* local peer holds only from local peers (healthy: no
 //!   failed request pending a retry, so a dead neighbour's stale bitmap does not hold chunks
 //!   hostage; and not pausing after a `Busy` refusal, so a publisher whose upload slots are
-//!   all taken by other sites does not starve its own: for that second the unit's owner may
-//!   fetch across sites);
+//!   all taken by other sites does not starve its own: for that pause, the back-off base, the
+//!   unit's owner may fetch across sites);
 //! - fetches a chunk that no local peer holds (*remote-only*) over the WAN only if it *owns* the
 //!   chunk's unit of [`OWNER_UNIT`] consecutive chunks. Owners are chosen per unit by
 //!   rendezvous (highest random weight) hashing over the site's *members*: this downloader and

@@ -295,8 +295,10 @@ impl<P> Peer<P> {
     /// Whether the peer is not failing: a local peer whose requests keep failing does not count
     /// as a holder or a site member, so its chunks are fetched elsewhere. It takes two failed
     /// attempts (the retry after a back-off failed too) and `patience` without a delivery: a
-    /// busy or CPU-starved neighbour refuses or times out now and then but delivers in between,
-    /// and fetching its chunks across sites instead would cost far more than waiting.
+    /// CPU-starved neighbour fails or times out now and then but delivers in between, and
+    /// fetching its chunks across sites instead would cost far more than waiting. (A peer
+    /// that refuses `Busy` is healthy too, but stops being a local source for its pause: see
+    /// `busy_pause`.)
     fn healthy(&self, now: Duration, patience: Duration) -> bool {
         self.strikes < 2 || now < self.last_alive + patience
     }
@@ -343,8 +345,10 @@ struct SiteState {
     /// among them.
     members: Option<Vec<u64>>,
     mine: Vec<u64>,
-    /// Members given by [`Downloader::set_site_roster`] instead of derived from the peers.
+    /// Members given by [`Downloader::set_site_roster`] instead of derived from the peers,
+    /// and whether `mine` was computed from them (with the current own id).
     roster: Option<Arc<[u64]>>,
+    roster_applied: bool,
     /// When the pending [`Timer::Site`] fires.
     timer: Option<Duration>,
 }
@@ -417,6 +421,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             members: None,
             mine: vec![u64::MAX; words],
             roster: None,
+            roster_applied: false,
             timer: None,
         };
         let state: Vec<u8> = wanted
@@ -585,6 +590,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
     pub fn set_own_id(&mut self, me: &P) {
         self.site.me = Some(stable_hash(me));
         self.site.members = None;
+        self.site.roster_applied = false;
         self.dirty = true;
     }
 
@@ -596,6 +602,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
     /// roster current: a member that never fetches its units holds the others up.
     pub fn set_site_roster(&mut self, roster: Option<Arc<[u64]>>) {
         self.site.roster = roster;
+        self.site.roster_applied = false;
         self.site.members = None;
         self.dirty = true;
     }
@@ -1050,17 +1057,14 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
         // Requests that were in flight together and fail together are one incident: escalate
         // only when the peer is not already backing off.
         if p.backoff_until.is_none() {
+            if p.locality == Locality::Local {
+                self.site.local_dirty = true;
+            }
             let backoff = if strike {
-                if p.locality == Locality::Local {
-                    self.site.local_dirty = true;
-                }
                 p.strikes = p.strikes.saturating_add(1);
                 let factor = 1u32.checked_shl(p.strikes - 1).unwrap_or(u32::MAX);
                 base.checked_mul(factor).map_or(max, |b| b.min(max))
             } else {
-                if p.locality == Locality::Local {
-                    self.site.local_dirty = true;
-                }
                 p.busy_pause = true;
                 base
             };
@@ -1395,15 +1399,14 @@ impl<P: Clone + Eq + Hash + Ord + Debug> Downloader<P> {
             self.site.local_has = now_has;
         }
         if let (Some(me), Some(roster)) = (self.site.me, &self.site.roster) {
-            if self.site.members.is_none() {
+            if !self.site.roster_applied {
                 let mine = owned_chunks(self.state.len() as u32, me, roster);
                 grew |= mine
                     .iter()
                     .zip(&self.site.mine)
                     .any(|(new, old)| new & !old != 0);
                 self.site.mine = mine;
-                // Marks the roster applied (members are compared only when derived).
-                self.site.members = Some(Vec::new());
+                self.site.roster_applied = true;
             }
         } else if let Some(me) = self.site.me {
             let mut members = Vec::new();

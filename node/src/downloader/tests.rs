@@ -490,6 +490,25 @@ fn remote_only_chunks_are_split_among_the_sites_pullers() {
     assert!(d.is_complete());
 }
 
+/// A busy local seed that leaves and comes back during its pause is a local source again at
+/// once: the pause belonged to the peer that left.
+#[test]
+fn a_busy_seed_that_rejoins_during_its_pause_is_local_again() {
+    let mut d = Downloader::new(config().build().unwrap(), table(8, 1024), []).unwrap();
+    d.set_own_id(&0);
+    d.add_peer(Duration::ZERO, 1, Holds::Everything).unwrap();
+    d.add_peer(Duration::ZERO, 9, Holds::Everything).unwrap();
+    d.set_peer_locality(Duration::ZERO, &9, Locality::Remote);
+    for (peer, id, _) in requests(&drain(&mut d, Duration::ZERO)) {
+        d.on_failure(MS, &peer, id, Failure::Busy);
+    }
+    assert!(d.remove_peer(2 * MS, &1));
+    d.add_peer(2 * MS, 1, Holds::Everything).unwrap();
+    let asked = serve_all(&mut d, 3 * MS);
+    assert!(asked.iter().all(|(p, _)| *p == 1), "{asked:?}");
+    assert!(d.is_complete());
+}
+
 /// A roster names the site's members, peers or not: remote-only chunks are split over all
 /// of them, and clearing it goes back to the members among the peers.
 #[test]

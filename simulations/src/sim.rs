@@ -952,18 +952,17 @@ impl<'a> Sim<'a> {
             per_site[self.fabric.site_of[h as usize] as usize].push(h);
         }
         for (s, group) in per_site.iter().enumerate() {
-            if k - remote + 1 < group.len() {
-                self.rosters[s] = Some(SiteRoster {
-                    pullers: group.clone(),
-                    ..SiteRoster::default()
-                });
-            }
             if k - remote + 1 >= group.len() {
                 for &h in group {
                     let others = group.iter().copied().filter(|&o| o != h);
                     self.hosts[h as usize].neighbours.extend(others);
                 }
             } else {
+                // The view does not cover the site: its roster stands in for the rest.
+                self.rosters[s] = Some(SiteRoster {
+                    pullers: group.clone(),
+                    ..SiteRoster::default()
+                });
                 self.random_links(group, k - remote, false);
             }
         }

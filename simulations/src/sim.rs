@@ -640,8 +640,9 @@ struct Host {
     commit_synced: f64,
     /// An instant of its pull loop's tick grid (commits run on it every `commit_every`).
     grid_origin: f64,
-    /// It announced `Holdings::Complete`.
-    published_complete: bool,
+    /// From when its `Holdings::Complete` announcement is out: the pull's fixed finish after
+    /// the downloader completed, as pull.rs announces once the store has the whole image.
+    complete_from: Option<f64>,
     /// When it last announced its holdings.
     announced_at: Option<f64>,
     /// Per neighbour (same order as `neighbours`): how many of the neighbour's `held` this
@@ -758,7 +759,7 @@ impl<'a> Sim<'a> {
                 committed: 0,
                 commit_synced: 0.0,
                 grid_origin: 0.0,
-                published_complete: false,
+                complete_from: None,
                 announced_at: None,
                 seen: Vec::new(),
                 bytes_in: 0,
@@ -1166,7 +1167,7 @@ impl<'a> Sim<'a> {
             if !other.online || other.started.is_none() {
                 continue;
             }
-            if other.published_complete {
+            if other.complete_from.is_some_and(|t| t <= self.now) {
                 let _ = dl.add_peer(now, n, Holds::Everything);
                 self.label(&mut dl, now, h, n);
                 seen[i] = SEEN_COMPLETE;
@@ -1318,9 +1319,12 @@ impl<'a> Sim<'a> {
         self.hosts[h as usize].dl = Some(dl);
         if completed {
             self.complete(h);
-            // pull.rs announces `Holdings::Complete` as soon as the pull finishes; neighbours
-            // take it in at their next tick.
-            self.hosts[h as usize].published_complete = true;
+            // pull.rs announces `Holdings::Complete` once the pull has finished (its fixed
+            // finish after the loop); neighbours take it in at their next tick after that.
+            let host = &mut self.hosts[h as usize];
+            if host.complete_from.is_none() {
+                host.complete_from = Some(self.now + self.swarm.pull_finish);
+            }
         }
         if let Some(d) = deadline {
             let host = &mut self.hosts[h as usize];
@@ -1519,7 +1523,7 @@ impl<'a> Sim<'a> {
             if seen[i] == SEEN_COMPLETE || !other.online || other.started.is_none() {
                 continue;
             }
-            if other.published_complete {
+            if other.complete_from.is_some_and(|t| t <= self.now) {
                 let _ = dl.add_peer(now, n, Holds::Everything);
                 self.label(&mut dl, now, h, n);
                 seen[i] = SEEN_COMPLETE;

@@ -207,14 +207,34 @@ pub fn pull_phases(log: &str) -> Option<PullPhases> {
     })
 }
 
-/// Seconds of the day of a `tracing` line starting `2026-11-27T01:13:24.122923Z`.
+/// Seconds since the Unix epoch (UTC) of a `tracing` line starting `2026-11-27T01:13:24.122923Z`
+/// (the whole date counts, so phases on both sides of midnight keep their order).
 fn log_time(line: &str) -> Option<f64> {
-    let clock = line.get(11..)?.split('Z').next()?;
+    let (date, clock) = line
+        .split_whitespace()
+        .next()?
+        .strip_suffix('Z')?
+        .split_once('T')?;
+    let mut ymd = date.split('-').map(str::parse::<i64>);
+    let (y, mo, d) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
     let mut parts = clock.split(':');
     let h: f64 = parts.next()?.parse().ok()?;
     let m: f64 = parts.next()?.parse().ok()?;
     let s: f64 = parts.next()?.parse().ok()?;
-    Some(h * 3600.0 + m * 60.0 + s)
+    Some(days_from_civil(y, mo, d)? as f64 * 86_400.0 + h * 3600.0 + m * 60.0 + s)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
 }
 
 /// Least-squares line `y = a + b x`; `None` with fewer than two distinct `x`.
@@ -245,14 +265,40 @@ mod tests {
 2026-11-27T01:13:24.268687Z  INFO vwnet_node::pull: pull complete ws=afb73675 fetched=1048576
 ";
         let p = pull_phases(log).expect("all three lines");
-        let day = 3600.0 + 13.0 * 60.0;
-        assert!((p.loop_start - (day + 24.122923)).abs() < 1e-6);
+        // 2026-11-27 is day 20,784 of the epoch.
+        let at = 20_784.0 * 86_400.0 + 3600.0 + 13.0 * 60.0;
+        assert!((p.loop_start - (at + 24.122923)).abs() < 1e-6);
         assert!((p.loop_end - p.loop_start - 0.119583).abs() < 1e-6);
         assert!((p.complete - p.loop_end - 0.026181).abs() < 1e-6);
         assert_eq!(
             pull_phases(&log.replace("pull complete", "pull failed")),
             None
         );
+    }
+
+    #[test]
+    fn pull_phases_keep_their_order_across_midnight() {
+        let log = "\
+2026-12-31T23:59:59.900000Z  INFO vwnet_node::pull: pulling image=e9fc14f4 want=1048576 local=0
+2027-01-01T00:00:00.050000Z  INFO vwnet_node::pull: pull scheduling image=e9fc14f4 wanted=1048576
+2027-01-01T00:00:00.075000Z  INFO vwnet_node::pull: pull complete ws=afb73675 fetched=1048576
+";
+        let p = pull_phases(log).expect("all three lines");
+        assert!((p.loop_end - p.loop_start - 0.15).abs() < 1e-6, "{p:?}");
+        assert!((p.complete - p.loop_end - 0.025).abs() < 1e-6, "{p:?}");
+        assert_eq!(log_time("1970-01-01T00:00:01.5Z  INFO x"), Some(1.5));
+        assert_eq!(
+            log_time("1970-13-01T00:00:01.5Z  INFO x"),
+            None,
+            "no 13th month"
+        );
+        assert_eq!(
+            log_time("INFO 1970-01-01T00:00:01.5Z"),
+            None,
+            "not a line's start"
+        );
+        assert_eq!(days_from_civil(1970, 1, 1), Some(0));
+        assert_eq!(days_from_civil(2000, 3, 1), Some(11_017));
     }
 
     #[test]

@@ -660,6 +660,13 @@ struct Host {
     roster_seen: u32,
 }
 
+impl Host {
+    /// Whether its `Holdings::Complete` announcement is out at `now`.
+    fn announced_complete(&self, now: f64) -> bool {
+        self.complete_from.is_some_and(|t| t <= now)
+    }
+}
+
 /// The pulling members of a site too large for a host's neighbour view. The node learns every
 /// announcer of its site and ranks itself among them for the units fetched across sites; a
 /// simulated host sees a few neighbours, and ranking among those alone would have each unit
@@ -1167,7 +1174,7 @@ impl<'a> Sim<'a> {
             if !other.online || other.started.is_none() {
                 continue;
             }
-            if other.complete_from.is_some_and(|t| t <= self.now) {
+            if other.announced_complete(self.now) {
                 let _ = dl.add_peer(now, n, Holds::Everything);
                 self.label(&mut dl, now, h, n);
                 seen[i] = SEEN_COMPLETE;
@@ -1523,7 +1530,7 @@ impl<'a> Sim<'a> {
             if seen[i] == SEEN_COMPLETE || !other.online || other.started.is_none() {
                 continue;
             }
-            if other.complete_from.is_some_and(|t| t <= self.now) {
+            if other.announced_complete(self.now) {
                 let _ = dl.add_peer(now, n, Holds::Everything);
                 self.label(&mut dl, now, h, n);
                 seen[i] = SEEN_COMPLETE;
